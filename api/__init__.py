@@ -1,0 +1,1 @@
+"""HTTP surface: Litestar app, controllers, auth, the one error table."""

@@ -1,0 +1,246 @@
+"""Controllers for domains, mailboxes and aliases (seed sections 2 to 4, plus PATCH)."""
+
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import Parameter
+
+from api.common import LimitParam, PageParam, context, parse_id, runtime, with_etag
+from api.errors import ERROR_SPECS, ApiError
+from api.schemas import (
+    Alias,
+    AliasIn,
+    AliasList,
+    AliasPatch,
+    Domain,
+    DomainIn,
+    DomainList,
+    DomainPatch,
+    Mailbox,
+    MailboxIn,
+    MailboxList,
+    MailboxPatch,
+    Message,
+    PageMeta,
+    PasswordIn,
+)
+from commands.service import Result
+from core.events import AliasCreated, DomainCreated, MailboxCreated
+from projections import queries
+from projections.appliers import rfc3339
+
+Req = Request[Any, Any, Any]
+
+
+def _domain(r: tuple[Any, ...]) -> Domain:
+    return Domain(id=r[0], name=r[1], active=bool(r[2]), outgoing_ip=r[3], created_at=r[4])
+
+
+def _mailbox(r: tuple[Any, ...]) -> Mailbox:
+    return Mailbox(
+        id=r[0], domain_id=r[1], username=r[2], quota=r[3] or 0, active=bool(r[4]), created_at=r[5]
+    )
+
+
+def _alias(r: tuple[Any, ...]) -> Alias:
+    return Alias(id=r[0], domain_id=r[1], source=r[2], destination=r[3], created_at=r[4])
+
+
+def _created(result: Result) -> Response[Any]:
+    """201 with the object as its creating event made it (also for an idempotent replay)."""
+    e, at = result.event, rfc3339(result.at)
+    body: Domain | Mailbox | Alias
+    match e:
+        case DomainCreated():
+            body = Domain(
+                id=result.seq,
+                name=e.name,
+                active=e.active,
+                outgoing_ip=e.outgoing_ip,
+                created_at=at,
+            )
+        case MailboxCreated():
+            body = Mailbox(
+                id=result.seq,
+                domain_id=e.domain_id,
+                username=e.username,
+                quota=e.quota or 0,
+                active=e.active,
+                created_at=at,
+            )
+        case AliasCreated():
+            body = Alias(
+                id=result.seq,
+                domain_id=e.domain_id,
+                source=e.source,
+                destination=e.destination,
+                created_at=at,
+            )
+        case _:
+            raise ApiError(
+                409,
+                "CONFLICT",
+                "Idempotency-Key already used",
+                "that key was used for a different request",
+            )
+    return with_etag(body, result.seq, 201)
+
+
+async def _fetch(request: Req, table: str, row_id: int, what: str) -> tuple[Any, ...]:
+    row = await queries.one(runtime(request).reader, table, row_id)
+    if row is None:
+        raise ApiError(404, "NOT_FOUND", f"{what} not found", f"no {what} with id {row_id}")
+    return row
+
+
+def _page_meta(page: int, limit: int, total: int) -> PageMeta:
+    return PageMeta(page=page, limit=limit, total=total)
+
+
+DomainFilter = Parameter(query="domain_id", required=False, ge=1, description="only this domain")
+
+
+class DomainController(Controller):
+    path = "/api/v1/domains"
+    tags = ["domains"]
+
+    @get("/", summary="List domains", responses=ERROR_SPECS)
+    async def list_domains(
+        self, request: Req, page: PageParam = 1, limit: LimitParam = 50
+    ) -> DomainList:
+        rows, total = await queries.page(
+            runtime(request).reader, "domains", limit, (page - 1) * limit
+        )
+        return DomainList(data=[_domain(r) for r in rows], meta=_page_meta(page, limit, total))
+
+    @get("/{domain_id:str}", summary="Get a domain", responses=ERROR_SPECS)
+    async def get_domain(self, request: Req, domain_id: str) -> Response[Domain]:
+        row = await _fetch(request, "domains", parse_id(domain_id, "domain"), "domain")
+        return with_etag(_domain(row), row[-1])
+
+    @post("/", summary="Create a domain", responses=ERROR_SPECS, status_code=201)
+    async def create_domain(self, request: Req, data: DomainIn) -> Response[Domain]:
+        result = await runtime(request).commands.create_domain(
+            context(request), data.name, data.outgoing_ip
+        )
+        return _created(result)
+
+    @patch("/{domain_id:str}", summary="Set active and/or outgoing_ip", responses=ERROR_SPECS)
+    async def patch_domain(
+        self, request: Req, domain_id: str, data: DomainPatch
+    ) -> Response[Domain]:
+        row_id = parse_id(domain_id, "domain")
+        await runtime(request).commands.update_domain(
+            context(request), row_id, data.active, data.outgoing_ip
+        )
+        row = await _fetch(request, "domains", row_id, "domain")
+        return with_etag(_domain(row), row[-1])
+
+    @delete(
+        "/{domain_id:str}",
+        summary="Delete a domain, its mailboxes and aliases",
+        responses=ERROR_SPECS,
+        status_code=200,
+    )
+    async def delete_domain(self, request: Req, domain_id: str) -> Message:
+        await runtime(request).commands.delete_domain(
+            context(request), parse_id(domain_id, "domain")
+        )
+        return Message("domain deleted")
+
+
+class MailboxController(Controller):
+    path = "/api/v1/mailboxes"
+    tags = ["mailboxes"]
+
+    @get("/", summary="List mailboxes", responses=ERROR_SPECS)
+    async def list_mailboxes(
+        self,
+        request: Req,
+        page: PageParam = 1,
+        limit: LimitParam = 50,
+        domain_id: int | None = DomainFilter,
+    ) -> MailboxList:
+        rows, total = await queries.page(
+            runtime(request).reader, "mailboxes", limit, (page - 1) * limit, domain_id
+        )
+        return MailboxList(data=[_mailbox(r) for r in rows], meta=_page_meta(page, limit, total))
+
+    @get("/{mailbox_id:str}", summary="Get a mailbox", responses=ERROR_SPECS)
+    async def get_mailbox(self, request: Req, mailbox_id: str) -> Response[Mailbox]:
+        row = await _fetch(request, "mailboxes", parse_id(mailbox_id, "mailbox"), "mailbox")
+        return with_etag(_mailbox(row), row[-1])
+
+    @post("/", summary="Create a mailbox", responses=ERROR_SPECS, status_code=201)
+    async def create_mailbox(self, request: Req, data: MailboxIn) -> Response[Mailbox]:
+        result = await runtime(request).commands.create_mailbox(
+            context(request), data.domain_id, data.username, data.password, data.quota
+        )
+        return _created(result)
+
+    @patch("/{mailbox_id:str}/password", summary="Set a new password", responses=ERROR_SPECS)
+    async def set_password(self, request: Req, mailbox_id: str, data: PasswordIn) -> Message:
+        await runtime(request).commands.change_password(
+            context(request), parse_id(mailbox_id, "mailbox"), data.password
+        )
+        return Message("password updated")
+
+    @patch("/{mailbox_id:str}", summary="Set active and/or quota", responses=ERROR_SPECS)
+    async def patch_mailbox(
+        self, request: Req, mailbox_id: str, data: MailboxPatch
+    ) -> Response[Mailbox]:
+        row_id = parse_id(mailbox_id, "mailbox")
+        await runtime(request).commands.update_mailbox(
+            context(request), row_id, data.active, data.quota
+        )
+        row = await _fetch(request, "mailboxes", row_id, "mailbox")
+        return with_etag(_mailbox(row), row[-1])
+
+    @delete("/{mailbox_id:str}", summary="Delete a mailbox", responses=ERROR_SPECS, status_code=200)
+    async def delete_mailbox(self, request: Req, mailbox_id: str) -> Message:
+        await runtime(request).commands.delete_mailbox(
+            context(request), parse_id(mailbox_id, "mailbox")
+        )
+        return Message("mailbox deleted")
+
+
+class AliasController(Controller):
+    path = "/api/v1/aliases"
+    tags = ["aliases"]
+
+    @get("/", summary="List aliases", responses=ERROR_SPECS)
+    async def list_aliases(
+        self,
+        request: Req,
+        page: PageParam = 1,
+        limit: LimitParam = 50,
+        domain_id: int | None = DomainFilter,
+    ) -> AliasList:
+        rows, total = await queries.page(
+            runtime(request).reader, "aliases", limit, (page - 1) * limit, domain_id
+        )
+        return AliasList(data=[_alias(r) for r in rows], meta=_page_meta(page, limit, total))
+
+    @get("/{alias_id:str}", summary="Get an alias", responses=ERROR_SPECS)
+    async def get_alias(self, request: Req, alias_id: str) -> Response[Alias]:
+        row = await _fetch(request, "aliases", parse_id(alias_id, "alias"), "alias")
+        return with_etag(_alias(row), row[-1])
+
+    @post("/", summary="Create an alias", responses=ERROR_SPECS, status_code=201)
+    async def create_alias(self, request: Req, data: AliasIn) -> Response[Alias]:
+        result = await runtime(request).commands.create_alias(
+            context(request), data.source, data.destination
+        )
+        return _created(result)
+
+    @patch("/{alias_id:str}", summary="Set the destination", responses=ERROR_SPECS)
+    async def patch_alias(self, request: Req, alias_id: str, data: AliasPatch) -> Response[Alias]:
+        row_id = parse_id(alias_id, "alias")
+        await runtime(request).commands.update_alias(context(request), row_id, data.destination)
+        row = await _fetch(request, "aliases", row_id, "alias")
+        return with_etag(_alias(row), row[-1])
+
+    @delete("/{alias_id:str}", summary="Delete an alias", responses=ERROR_SPECS, status_code=200)
+    async def delete_alias(self, request: Req, alias_id: str) -> Message:
+        await runtime(request).commands.delete_alias(context(request), parse_id(alias_id, "alias"))
+        return Message("alias deleted")

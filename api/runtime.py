@@ -1,0 +1,70 @@
+"""What a running API process holds: the read model, its projector, the NATS connection."""
+
+import asyncio
+import contextlib
+import logging
+
+import aiosqlite
+
+from commands.log import EventLog
+from commands.service import Commands
+from core.settings import Settings
+from projections.db import open_reader
+from projections.runner import Projector
+
+log = logging.getLogger("mailpanel.runtime")
+
+
+class Runtime:
+    """Opens SQLite at once; connects to NATS now or, if it is down, keeps trying in the
+    background (reads keep working, writes answer 503 until it is back)."""
+
+    def __init__(self, settings: Settings, host_ips: tuple[str, ...] = ()) -> None:
+        self.settings = settings
+        self.host_ips = host_ips or settings.host_ips
+        self.event_log: EventLog | None = None
+        self.reader: aiosqlite.Connection
+        self.projector: Projector
+        self.commands: Commands
+        self._connector: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.projector = Projector(s.read_db)
+        self.reader = await open_reader(s.read_db)
+        self.commands = Commands(
+            self.reader,
+            self.projector,
+            lambda: self.event_log,
+            s.prefix,
+            lambda: self.host_ips,
+            s.publish_wait_s,
+        )
+        if not await self._try_connect():
+            self._connector = asyncio.create_task(self._keep_connecting(), name="nats-connect")
+
+    async def _try_connect(self) -> bool:
+        s = self.settings
+        try:
+            event_log = await EventLog.connect(s.nats_url, s.stream, s.prefix)
+        except Exception as exc:
+            log.warning("NATS at %s not reachable yet: %s", s.nats_url, exc)
+            return False
+        self.event_log = event_log
+        await self.projector.start(event_log)
+        return True
+
+    async def _keep_connecting(self) -> None:
+        while not await self._try_connect():
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        await self.projector.stop()
+        if self.event_log is not None:
+            await self.event_log.close()
+        await self.reader.close()

@@ -1,0 +1,153 @@
+"""Request and response bodies of the seed API. Inputs forbid unknown fields."""
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+NonNegative = Annotated[int, Meta(ge=0, le=2**62)]
+
+
+class Message(msgspec.Struct, frozen=True):
+    message: str
+
+
+class PageMeta(msgspec.Struct, frozen=True):
+    page: int
+    limit: int
+    total: int
+
+
+# ---- domains -----------------------------------------------------------------------------
+
+
+class DomainIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(max_length=255, description="DNS domain name, e.g. example.com")]
+    outgoing_ip: Annotated[
+        str, Meta(max_length=64, description='Source IP for outbound mail, "" or "auto"')
+    ] = ""
+
+
+class DomainPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    active: bool | None = None
+    outgoing_ip: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class Domain(msgspec.Struct, frozen=True):
+    id: int
+    name: str
+    active: bool
+    outgoing_ip: str
+    created_at: str
+
+
+class DomainList(msgspec.Struct, frozen=True):
+    data: list[Domain]
+    meta: PageMeta
+
+
+# ---- mailboxes ---------------------------------------------------------------------------
+
+
+class MailboxIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    domain_id: Annotated[int, Meta(ge=1)]
+    username: Annotated[str, Meta(max_length=320)]
+    password: Annotated[str, Meta(max_length=1024)]
+    quota: NonNegative | None = None
+
+
+class MailboxPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    active: bool | None = None
+    quota: NonNegative | None = None
+
+
+class PasswordIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    password: Annotated[str, Meta(max_length=1024)]
+
+
+class Mailbox(msgspec.Struct, frozen=True):
+    id: int
+    domain_id: int
+    username: str
+    quota: int
+    active: bool
+    created_at: str
+
+
+class MailboxList(msgspec.Struct, frozen=True):
+    data: list[Mailbox]
+    meta: PageMeta
+
+
+# ---- aliases -----------------------------------------------------------------------------
+
+
+class AliasIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    source: Annotated[str, Meta(max_length=320, description="local@domain, or @domain")]
+    destination: Annotated[str, Meta(max_length=8192, description="comma-separated addresses")]
+
+
+class AliasPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    destination: Annotated[str, Meta(max_length=8192)]
+
+
+class Alias(msgspec.Struct, frozen=True):
+    id: int
+    domain_id: int
+    source: str
+    destination: str
+    created_at: str
+
+
+class AliasList(msgspec.Struct, frozen=True):
+    data: list[Alias]
+    meta: PageMeta
+
+
+# ---- auth and system ---------------------------------------------------------------------
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    username: Annotated[str, Meta(max_length=256)]
+    password: Annotated[str, Meta(max_length=1024)]
+
+
+class Token(msgspec.Struct, frozen=True):
+    token: str
+    token_type: str
+    expires_at: str
+
+
+class VerifyIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    token: str | None = None
+
+
+class Verified(msgspec.Struct, frozen=True):
+    valid: bool
+    username: str
+    expires_at: str
+
+
+class Check(msgspec.Struct, frozen=True, omit_defaults=True):
+    status: str
+    message: str = ""
+    free_space: str = ""
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    version: str
+    build: str
+    checks: dict[str, Check]
+
+
+class About(msgspec.Struct, frozen=True):
+    app: str
+    version: str
+    build: str
+    copyright: str
+    website: str
+    hostname: str
+    os: str
+    postfix: str
+    dovecot: str

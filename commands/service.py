@@ -1,0 +1,286 @@
+"""Command handlers: load -> decide -> append -> wait until the read model has the event.
+
+One command appends at most one event, so every append is atomic. A concurrent writer on the
+same subject makes the append fail; the handler reloads and decides again (bounded), unless
+the client sent If-Match, in which case the conflict is the client's to resolve.
+"""
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+import aiosqlite
+import msgspec
+
+from commands import normalize, state
+from commands.log import EventLog, Unavailable, WrongSequence
+from commands.passwords import hash_password
+from core import alias as alias_agg
+from core import domain as domain_agg
+from core import mailbox as mailbox_agg
+from core.errors import Conflict, DomainError, ValidationFailed
+from core.events import Envelope, Event, Meta, decode
+
+MAX_ATTEMPTS = 8
+LEAST_USED_IP = (
+    "SELECT outgoing_ip, count(*) FROM domains WHERE outgoing_ip IN ({}) GROUP BY outgoing_ip"
+)
+EVENT_BY_COMMAND = "SELECT seq, data FROM events WHERE command_id = ? ORDER BY seq LIMIT 1"
+
+S = TypeVar("S")
+
+
+class Waiter(Protocol):
+    async def wait_for(self, seq: int, timeout: float = 5.0) -> bool: ...
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asks, from where; an Idempotency-Key makes the command id (and Nats-Msg-Id)."""
+
+    actor: str
+    actor_id: str = ""
+    source_ip: str = ""
+    request_id: str = ""
+    idempotency_key: str = ""
+    if_match: int | None = None
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """What a command did: the event it appended (None if nothing needed doing) and its seq."""
+
+    seq: int
+    event: Event | None
+    at: datetime
+    replayed: bool = False
+
+
+class Commands:
+    """Every write of the API goes through here."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        waiter: Waiter,
+        event_log: Callable[[], EventLog | None],
+        prefix: str,
+        host_ips: Callable[[], tuple[str, ...]],
+        wait_s: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.waiter = waiter
+        self._event_log = event_log
+        self.prefix = prefix
+        self.host_ips = host_ips
+        self.wait_s = wait_s
+
+    # ---- the one loop ------------------------------------------------------------------
+
+    async def _run(
+        self,
+        ctx: Context,
+        load: Callable[[], Awaitable[state.Loaded[S]]],
+        decide: Callable[[S], list[Event]],
+    ) -> Result:
+        command_id = self._command_id(ctx)
+        if ctx.idempotency_key:
+            earlier = await self._earlier(command_id)
+            if earlier is not None:
+                return earlier
+        for _ in range(MAX_ATTEMPTS):
+            loaded = await load()
+            if ctx.if_match is not None and ctx.if_match != loaded.version:
+                raise Conflict(
+                    "resource has changed",
+                    f"If-Match {ctx.if_match} but the current ETag is {loaded.version}",
+                )
+            events = decide(loaded.state)
+            now = datetime.now(UTC)
+            if not events:
+                return Result(seq=loaded.version, event=None, at=now)
+            if len(events) != 1:
+                raise AssertionError("a command appends at most one event")
+            env = Envelope(meta=self._meta(ctx, command_id, now), event=events[0])
+            log = self._log()
+            try:
+                seq = await log.append(loaded.subject, env, loaded.version, command_id)
+            except WrongSequence as exc:
+                if ctx.if_match is not None:
+                    raise Conflict("resource has changed", "a concurrent change won") from None
+                await self.waiter.wait_for(exc.actual, self.wait_s)
+                continue
+            await self.wait(seq)
+            return Result(seq=seq, event=events[0], at=now)
+        raise Conflict("too many concurrent changes", "retry the request")
+
+    async def wait(self, seq: int) -> None:
+        if not await self.waiter.wait_for(seq, self.wait_s):
+            raise Unavailable(f"change recorded at sequence {seq} but the read model is behind")
+
+    def _log(self) -> EventLog:
+        log = self._event_log()
+        if log is None or not log.connected:
+            raise Unavailable("event log (NATS) is not connected")
+        return log
+
+    @staticmethod
+    def _command_id(ctx: Context) -> str:
+        if ctx.idempotency_key:
+            raw = f"{ctx.actor_id or ctx.actor}\x00{ctx.idempotency_key}".encode()
+            return "idem-" + hashlib.sha256(raw).hexdigest()[:40]
+        return uuid.uuid4().hex
+
+    @staticmethod
+    def _meta(ctx: Context, command_id: str, now: datetime) -> Meta:
+        return Meta(
+            actor=ctx.actor,
+            actor_id=ctx.actor_id,
+            source_ip=ctx.source_ip,
+            request_id=ctx.request_id,
+            command_id=command_id,
+            at=now,
+        )
+
+    async def _earlier(self, command_id: str) -> Result | None:
+        """The result of an earlier command with the same Idempotency-Key, if any."""
+        async with self.db.execute(EVENT_BY_COMMAND, (command_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        env = decode(str(row[1]).encode())
+        return Result(seq=int(row[0]), event=env.event, at=env.meta.at, replayed=True)
+
+    # ---- domains -----------------------------------------------------------------------
+
+    async def create_domain(self, ctx: Context, name: str, outgoing_ip: str) -> Result:
+        name = normalize.domain_name(name)
+        ip = outgoing_ip.strip()
+        if ip.lower() == "auto":
+            ip = await self.least_used_ip()
+        cmd = domain_agg.CreateDomain(name=name, outgoing_ip=ip)
+        return await self._run(
+            ctx,
+            lambda: state.domain_by_name(self.db, name, self.prefix),
+            lambda s: domain_agg.decide(cmd, s),
+        )
+
+    async def least_used_ip(self) -> str:
+        """The host IP with the fewest domains bound to it (first listed wins a tie)."""
+        ips = self.host_ips()
+        if not ips:
+            raise DomainError(
+                "no host IP available for outgoing_ip=auto",
+                "set MAILPANEL_HOST_IPS to the addresses mail may leave from",
+            )
+        sql = LEAST_USED_IP.format(",".join("?" * len(ips)))
+        async with self.db.execute(sql, ips) as cur:
+            used = {str(r[0]): int(r[1]) async for r in cur}
+        return min(ips, key=lambda ip: (used.get(ip, 0), ips.index(ip)))
+
+    async def update_domain(
+        self, ctx: Context, domain_id: int, active: bool | None, outgoing_ip: str | None
+    ) -> Result:
+        if outgoing_ip is not None and outgoing_ip.strip().lower() == "auto":
+            outgoing_ip = await self.least_used_ip()
+        cmd = domain_agg.UpdateDomain(
+            id=domain_id,
+            active=active,
+            outgoing_ip=None if outgoing_ip is None else outgoing_ip.strip(),
+        )
+        return await self._run(
+            ctx,
+            lambda: state.domain_by_id(self.db, domain_id, self.prefix),
+            lambda s: domain_agg.decide(cmd, s),
+        )
+
+    async def delete_domain(self, ctx: Context, domain_id: int) -> Result:
+        cmd = domain_agg.DeleteDomain(id=domain_id)
+        return await self._run(
+            ctx,
+            lambda: state.domain_by_id(self.db, domain_id, self.prefix),
+            lambda s: domain_agg.decide(cmd, s),
+        )
+
+    # ---- mailboxes ---------------------------------------------------------------------
+
+    async def create_mailbox(
+        self, ctx: Context, domain_id: int, username: str, password: str, quota: int | None
+    ) -> Result:
+        domain = await state.domain_ref(self.db, domain_id)
+        local = mailbox_agg.split_username(username.strip().lower(), domain)
+        password_hash = await hash_password(password)
+        cmd = mailbox_agg.CreateMailbox(
+            domain=domain,
+            username=username.strip().lower(),
+            password_hash=password_hash,
+            quota=quota,
+        )
+        addr = f"{local}@{domain.name}"
+
+        async def load() -> state.Loaded[mailbox_agg.AddressState]:
+            loaded = await state.address(self.db, addr, self.prefix)
+            return state.Loaded(loaded.state.at, loaded.subject, loaded.version)
+
+        return await self._run(ctx, load, lambda s: mailbox_agg.decide(cmd, s))
+
+    async def change_password(self, ctx: Context, mailbox_id: int, password: str) -> Result:
+        await state.mailbox_by_id(self.db, mailbox_id, self.prefix)  # 404 before hashing
+        cmd = mailbox_agg.ChangePassword(id=mailbox_id, password_hash=await hash_password(password))
+        return await self._run(
+            ctx,
+            lambda: state.mailbox_by_id(self.db, mailbox_id, self.prefix),
+            lambda s: mailbox_agg.decide(cmd, s),
+        )
+
+    async def update_mailbox(
+        self, ctx: Context, mailbox_id: int, active: bool | None, quota: int | None
+    ) -> Result:
+        cmd = mailbox_agg.UpdateMailbox(id=mailbox_id, active=active, quota=quota)
+        return await self._run(
+            ctx,
+            lambda: state.mailbox_by_id(self.db, mailbox_id, self.prefix),
+            lambda s: mailbox_agg.decide(cmd, s),
+        )
+
+    async def delete_mailbox(self, ctx: Context, mailbox_id: int) -> Result:
+        cmd = mailbox_agg.DeleteMailbox(id=mailbox_id)
+        return await self._run(
+            ctx,
+            lambda: state.mailbox_by_id(self.db, mailbox_id, self.prefix),
+            lambda s: mailbox_agg.decide(cmd, s),
+        )
+
+    # ---- aliases -----------------------------------------------------------------------
+
+    async def create_alias(self, ctx: Context, source: str, destination: str) -> Result:
+        src = normalize.alias_source(source)
+        dests = normalize.address_list(destination)
+        domain_name = src.rpartition("@")[2]
+
+        async def load() -> state.Loaded[alias_agg.AliasState]:
+            return await state.address(self.db, src, self.prefix)
+
+        domain = await state.domain_ref_by_name(self.db, domain_name)
+        if domain.id is None:
+            raise ValidationFailed(
+                "source", f"source domain {domain_name} is not managed by this server"
+            )
+        cmd = alias_agg.CreateAlias(domain=domain, source=src, destinations=dests)
+        return await self._run(ctx, load, lambda s: alias_agg.decide(cmd, s))
+
+    async def update_alias(self, ctx: Context, alias_id: int, destination: str) -> Result:
+        cmd = alias_agg.UpdateAlias(id=alias_id, destinations=normalize.address_list(destination))
+        return await self._run(
+            ctx,
+            lambda: state.alias_by_id(self.db, alias_id, self.prefix),
+            lambda s: alias_agg.decide(cmd, s),
+        )
+
+    async def delete_alias(self, ctx: Context, alias_id: int) -> Result:
+        cmd = alias_agg.DeleteAlias(id=alias_id)
+        return await self._run(
+            ctx,
+            lambda: state.alias_by_id(self.db, alias_id, self.prefix),
+            lambda s: alias_agg.decide(cmd, s),
+        )

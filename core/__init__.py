@@ -1,0 +1,1 @@
+"""Pure domain of mailpanel: events, deciders, validation rules. No I/O, no clock, no randomness."""

@@ -1,0 +1,142 @@
+"""Events: frozen, tagged msgspec Structs with stable dotted tags.
+
+Rules: a tag never changes; a new field gets a default; an existing field never changes type.
+Every stored message is an Envelope: the event plus the context of the command that made it.
+The id of a created resource is the stream sequence of its creating event, so ids are unique
+across API processes, never reused, and identical after a rebuild.
+"""
+
+from datetime import datetime
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Meta(msgspec.Struct, frozen=True, kw_only=True):
+    """Who did it, from where, in which request, and when (set by the command, not the decider)."""
+
+    actor: str
+    actor_id: str = ""
+    source_ip: str = ""
+    request_id: str = ""
+    command_id: str = ""
+    at: datetime
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = 1
+
+
+# ---- domains -------------------------------------------------------------------------------
+
+
+class DomainCreated(_Event, tag="domain.created", frozen=True):
+    name: str
+    active: bool = True
+    outgoing_ip: str = ""
+
+
+class DomainUpdated(_Event, tag="domain.updated", frozen=True):
+    id: int
+    name: str
+    active: bool
+    outgoing_ip: str
+
+
+class DomainDeleted(_Event, tag="domain.deleted", frozen=True):
+    """Deleting a domain deletes its mailboxes and aliases with it (ON DELETE CASCADE)."""
+
+    id: int
+    name: str
+
+
+# ---- mailboxes -----------------------------------------------------------------------------
+
+
+class MailboxCreated(_Event, tag="mailbox.created", frozen=True):
+    domain_id: int
+    username: str
+    address: str
+    password_hash: str
+    quota: int | None = None
+    active: bool = True
+
+
+class MailboxPasswordChanged(_Event, tag="mailbox.password_changed", frozen=True):
+    id: int
+    address: str
+    password_hash: str
+
+
+class MailboxUpdated(_Event, tag="mailbox.updated", frozen=True):
+    id: int
+    address: str
+    active: bool
+    quota: int | None
+
+
+class MailboxDeleted(_Event, tag="mailbox.deleted", frozen=True):
+    id: int
+    address: str
+
+
+# ---- aliases -------------------------------------------------------------------------------
+
+
+class AliasCreated(_Event, tag="alias.created", frozen=True):
+    domain_id: int
+    source: str
+    destination: str
+
+
+class AliasUpdated(_Event, tag="alias.updated", frozen=True):
+    id: int
+    source: str
+    destination: str
+
+
+class AliasDeleted(_Event, tag="alias.deleted", frozen=True):
+    id: int
+    source: str
+
+
+Event = (
+    DomainCreated
+    | DomainUpdated
+    | DomainDeleted
+    | MailboxCreated
+    | MailboxPasswordChanged
+    | MailboxUpdated
+    | MailboxDeleted
+    | AliasCreated
+    | AliasUpdated
+    | AliasDeleted
+)
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One message in the log: exactly one event and its context."""
+
+    schema: int = SCHEMA_VERSION
+    meta: Meta
+    event: Event
+
+
+encoder = msgspec.json.Encoder()
+envelope_decoder = msgspec.json.Decoder(Envelope)
+
+
+def encode(envelope: Envelope) -> bytes:
+    return encoder.encode(envelope)
+
+
+def decode(data: bytes) -> Envelope:
+    """Decode one stored message; raises msgspec.DecodeError on anything unknown."""
+    return envelope_decoder.decode(data)
+
+
+def event_tag(event: Event) -> str:
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

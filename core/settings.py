@@ -1,0 +1,31 @@
+"""Runtime settings as plain data; loading them (environment, config.env) happens in workers/."""
+
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    nats_url: str = ""  # empty: run an embedded nats-server under data_dir
+    stream: str = "MAILPANEL"
+    prefix: str = "mp"
+    api_key: str = ""
+    admin_user: str = "admin"
+    admin_password_hash: str = ""
+    jwt_secret: str = ""
+    data_key: str = ""  # base64 AES-256 key for secrets in events
+    data_key_id: str = ""
+    host_ips: tuple[str, ...] = ()
+    jwt_ttl_s: int = 24 * 3600
+    publish_wait_s: float = 5.0
+
+    @property
+    def read_db(self) -> Path:
+        return self.data_dir / "read.db"
+
+    @property
+    def mail_root(self) -> Path:
+        return self.data_dir / "mail"

@@ -1,0 +1,37 @@
+"""Opening read-model databases: the projector's writer and the API's aiosqlite reader."""
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from projections.schema import DDL, PRAGMAS, READ_MODEL_TABLES
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    """The projector's one writer. Batches run in a worker thread (one hop per batch instead
+    of one per statement, as aiosqlite would need), so the connection is not thread-bound;
+    only one batch uses it at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in PRAGMAS:
+        db.execute(pragma)
+    db.executescript(DDL)
+    return db
+
+
+async def open_reader(path: Path) -> aiosqlite.Connection:
+    """A query connection for the API; WAL lets it read while the projector writes."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    for pragma in PRAGMAS:
+        await db.execute(pragma)
+    await db.executescript(DDL)
+    return db
+
+
+def dump(db: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every read-model table in a stable order (for the rebuild check)."""
+    out: dict[str, list[tuple[object, ...]]] = {}
+    for table in READ_MODEL_TABLES:
+        out[table] = [tuple(r) for r in db.execute(f"SELECT * FROM {table} ORDER BY 1")]
+    return out

@@ -1,0 +1,131 @@
+"""The projection runner: consume the log in order, apply in batches, signal waiters.
+
+A decode failure stops the projector loudly; it never skips an event.
+"""
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from commands.log import EventLog
+from core.events import Envelope, decode
+from projections.appliers import CHECKPOINT, apply_batch
+from projections.db import open_writer
+
+log = logging.getLogger("mailpanel.projector")
+
+BATCH = 1000
+
+
+class ProjectorFailed(Exception):
+    """The projector stopped on an event it cannot apply."""
+
+
+def read_checkpoint(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT seq FROM checkpoint WHERE name = ?", (CHECKPOINT,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+class Projector:
+    """Keeps one SQLite read model up to date with the log."""
+
+    def __init__(self, path: Path, event_log: EventLog | None = None) -> None:
+        self.path = path
+        self.event_log = event_log
+        self.db = open_writer(path)
+        self.applied = read_checkpoint(self.db)
+        self.failed: BaseException | None = None
+        self._queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._sub: Any = None
+
+    async def start(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+        self._sub = await event_log.subscribe(self.applied + 1, self._on_msg)
+        self._task = asyncio.create_task(self._run(), name="projector")
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait((msg.metadata.sequence.stream, msg.subject, msg.data))
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                first = await self._queue.get()
+                raw = [first]
+                while len(raw) < BATCH and not self._queue.empty():
+                    raw.append(self._queue.get_nowait())
+                await self.apply_raw(raw)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.failed = exc
+            log.critical("projector stopped: %s", exc)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def apply_raw(self, raw: list[tuple[int, str, bytes]]) -> None:
+        batch: list[tuple[int, str, Envelope]] = []
+        for seq, subject, data in raw:
+            try:
+                batch.append((seq, subject, decode(data)))
+            except msgspec.DecodeError as exc:
+                raise ProjectorFailed(f"cannot decode event {seq} on {subject}: {exc}") from exc
+        applied = await asyncio.to_thread(apply_batch, self.db, batch)
+        async with self._changed:
+            self.applied = applied
+            self._changed.notify_all()
+
+    async def wait_for(self, seq: int, timeout: float = 5.0) -> bool:
+        """True once the read model has applied `seq` (read-your-writes), False on timeout."""
+        if self.applied >= seq:
+            return True
+
+        def ready() -> bool:
+            return self.applied >= seq or self.failed is not None
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+        except TimeoutError:
+            return False
+        return self.applied >= seq
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # pragma: no cover - connection already gone
+                pass
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        # Apply what already arrived so a clean stop loses no work.
+        pending: list[tuple[int, str, bytes]] = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        if pending and self.failed is None:
+            try:
+                await self.apply_raw(pending)
+            except Exception as exc:  # pragma: no cover
+                log.error("projector: final batch not applied: %s", exc)
+        self.db.close()
+
+
+async def catch_up(projector: Projector, event_log: EventLog, timeout: float = 600.0) -> int:
+    """Start the projector and wait until it has applied everything in the log now."""
+    target = await event_log.last_seq()
+    await projector.start(event_log)
+    if target and not await projector.wait_for(target, timeout):
+        raise ProjectorFailed(f"projector did not reach {target}: {projector.failed}")
+    if projector.failed is not None:
+        raise ProjectorFailed(str(projector.failed))
+    return target

@@ -1,0 +1,69 @@
+"""Read-model schema. Every row carries `version`: the stream sequence of the last event that
+touched it, exposed as the resource's ETag."""
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=OFF",
+    "PRAGMA busy_timeout=5000",
+)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS checkpoint (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subjects (
+    subject TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    actor_id TEXT NOT NULL,
+    source_ip TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_command ON events(command_id);
+CREATE TABLE IF NOT EXISTS domains (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    active INTEGER NOT NULL,
+    outgoing_ip TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS domains_outgoing_ip ON domains(outgoing_ip);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id INTEGER PRIMARY KEY,
+    domain_id INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    address TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    quota INTEGER,
+    active INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mailboxes_domain ON mailboxes(domain_id, id);
+CREATE TABLE IF NOT EXISTS aliases (
+    id INTEGER PRIMARY KEY,
+    domain_id INTEGER NOT NULL,
+    source TEXT NOT NULL UNIQUE,
+    destination TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aliases_domain ON aliases(domain_id, id);
+"""
+
+# Tables compared by the rebuild check and dropped by a rebuild, in a stable order.
+READ_MODEL_TABLES = ("checkpoint", "subjects", "events", "domains", "mailboxes", "aliases")

@@ -1,0 +1,1 @@
+"""Long-running processes: serve, the projector, the embedded nats-server, the CLI."""

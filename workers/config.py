@@ -1,0 +1,133 @@
+"""Settings from the environment and config.env (created 0600 with random secrets on first
+start). Environment values win over the file."""
+
+import base64
+import ipaddress
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import psutil
+
+from commands.passwords import hasher
+from core.settings import Settings
+
+SCHEME = "{ARGON2ID}"
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def ensure_config_env(path: Path, env: dict[str, str], announce: bool = True) -> dict[str, str]:
+    """Read config.env, adding any missing secret (random unless the environment gives it).
+
+    The admin password is stored only as its argon2 hash; a generated one is printed once.
+    """
+    values = parse_env_file(path) if path.exists() else {}
+    added: list[str] = []
+    if "API_KEY" not in values:
+        values["API_KEY"] = env.get("MAILPANEL_API_KEY") or "mpk_" + secrets.token_urlsafe(32)
+        added.append("API_KEY")
+    if "ADMIN_PASSWORD_HASH" not in values:
+        password = env.get("MAILPANEL_ADMIN_PASSWORD") or ""
+        if not password:
+            password = secrets.token_urlsafe(15)
+            if announce:
+                user = env.get("MAILPANEL_ADMIN_USER", "admin")
+                print(
+                    f"mailpanel: generated admin password for {user!r}: {password}\n"
+                    "mailpanel: (shown once; config.env keeps only its hash)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        values["ADMIN_PASSWORD_HASH"] = SCHEME + hasher.hash(password)
+        added.append("ADMIN_PASSWORD_HASH")
+    if "JWT_SECRET" not in values:
+        values["JWT_SECRET"] = secrets.token_urlsafe(48)
+        added.append("JWT_SECRET")
+    if "DATA_KEY" not in values:
+        values["DATA_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
+        values["DATA_KEY_ID"] = "k" + secrets.token_hex(4)
+        added.append("DATA_KEY")
+    if added or not path.exists():
+        lines = [
+            "# mailpanel secrets: keep this file mode 0600",
+            *(f"{k}={v}" for k, v in values.items()),
+        ]
+        _write_private(path, "\n".join(lines) + "\n")
+    return values
+
+
+def host_ips(env: dict[str, str]) -> tuple[str, ...]:
+    """MAILPANEL_HOST_IPS, or this host's global and private non-loopback addresses."""
+    given = env.get("MAILPANEL_HOST_IPS", "").strip()
+    if given:
+        return tuple(str(ipaddress.ip_address(ip.strip())) for ip in given.split(",") if ip.strip())
+    found: list[str] = []
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            try:
+                ip = ipaddress.ip_address(addr.address.split("%")[0])
+            except ValueError:
+                continue
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                continue
+            if str(ip) not in found:
+                found.append(str(ip))
+    return tuple(found)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"mailpanel: --listen must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_settings(
+    data_dir: str | None = None,
+    listen: str | None = None,
+    env: dict[str, str] | None = None,
+    announce: bool = True,
+) -> Settings:
+    env = dict(os.environ) if env is None else env
+    root = Path(data_dir or env.get("MAILPANEL_DATA_DIR") or "./var").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = Path(env.get("MAILPANEL_CONFIG") or root / "config.env")
+    values = ensure_config_env(config_path, env, announce)
+    host, port = parse_listen(listen or env.get("MAILPANEL_LISTEN") or "127.0.0.1:8080")
+    admin_hash = values["ADMIN_PASSWORD_HASH"]
+    if env.get("MAILPANEL_ADMIN_PASSWORD"):
+        admin_hash = SCHEME + hasher.hash(env["MAILPANEL_ADMIN_PASSWORD"])
+    return Settings(
+        data_dir=root,
+        listen_host=host,
+        listen_port=port,
+        nats_url=env.get("MAILPANEL_NATS_URL", ""),
+        api_key=env.get("MAILPANEL_API_KEY") or values["API_KEY"],
+        admin_user=env.get("MAILPANEL_ADMIN_USER") or "admin",
+        admin_password_hash=admin_hash,
+        jwt_secret=values["JWT_SECRET"],
+        data_key=values["DATA_KEY"],
+        data_key_id=values.get("DATA_KEY_ID", ""),
+        host_ips=host_ips(env),
+    )

