@@ -58,7 +58,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             AliasController,
         ],
         lifespan=[lifespan],
-        middleware=[AuthMiddleware],
+        middleware=[AuthMiddleware()],
         exception_handlers={Exception: handle},
         openapi_config=_openapi(),
         debug=False,

@@ -3,7 +3,7 @@
 from typing import Annotated, Any
 
 from litestar import Request, Response
-from litestar.params import Parameter
+from litestar.params import PathParameter, QueryParameter
 
 from api.auth import Principal, client_ip
 from api.errors import ApiError
@@ -12,8 +12,12 @@ from commands.service import Context
 
 MAX_ID = 2**63 - 1
 
-PageParam = Annotated[int, Parameter(ge=1, le=10**9, description="page number, from 1")]
-LimitParam = Annotated[int, Parameter(ge=1, le=500, description="rows per page, max 500")]
+PageParam = Annotated[int, QueryParameter(ge=1, le=10**9, description="page number, from 1")]
+LimitParam = Annotated[int, QueryParameter(ge=1, le=500, description="rows per page, max 500")]
+DomainFilter = Annotated[
+    int | None, QueryParameter(ge=1, le=MAX_ID, description="only rows of this domain")
+]
+PathId = Annotated[str, PathParameter(description="positive integer id", pattern=r"^[0-9]+$")]
 
 
 def runtime(request: Request[Any, Any, Any]) -> Runtime:

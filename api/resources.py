@@ -3,9 +3,18 @@
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import JSONBody
 
-from api.common import LimitParam, PageParam, context, parse_id, runtime, with_etag
+from api.common import (
+    DomainFilter,
+    LimitParam,
+    PageParam,
+    PathId,
+    context,
+    parse_id,
+    runtime,
+    with_etag,
+)
 from api.errors import ERROR_SPECS, ApiError
 from api.schemas import (
     Alias,
@@ -97,9 +106,6 @@ def _page_meta(page: int, limit: int, total: int) -> PageMeta:
     return PageMeta(page=page, limit=limit, total=total)
 
 
-DomainFilter = Parameter(query="domain_id", required=False, ge=1, description="only this domain")
-
-
 class DomainController(Controller):
     path = "/api/v1/domains"
     tags = ["domains"]
@@ -114,12 +120,12 @@ class DomainController(Controller):
         return DomainList(data=[_domain(r) for r in rows], meta=_page_meta(page, limit, total))
 
     @get("/{domain_id:str}", summary="Get a domain", responses=ERROR_SPECS)
-    async def get_domain(self, request: Req, domain_id: str) -> Response[Domain]:
+    async def get_domain(self, request: Req, domain_id: PathId) -> Response[Domain]:
         row = await _fetch(request, "domains", parse_id(domain_id, "domain"), "domain")
         return with_etag(_domain(row), row[-1])
 
     @post("/", summary="Create a domain", responses=ERROR_SPECS, status_code=201)
-    async def create_domain(self, request: Req, data: DomainIn) -> Response[Domain]:
+    async def create_domain(self, request: Req, data: JSONBody[DomainIn]) -> Response[Domain]:
         result = await runtime(request).commands.create_domain(
             context(request), data.name, data.outgoing_ip
         )
@@ -127,7 +133,7 @@ class DomainController(Controller):
 
     @patch("/{domain_id:str}", summary="Set active and/or outgoing_ip", responses=ERROR_SPECS)
     async def patch_domain(
-        self, request: Req, domain_id: str, data: DomainPatch
+        self, request: Req, domain_id: PathId, data: JSONBody[DomainPatch]
     ) -> Response[Domain]:
         row_id = parse_id(domain_id, "domain")
         await runtime(request).commands.update_domain(
@@ -142,7 +148,7 @@ class DomainController(Controller):
         responses=ERROR_SPECS,
         status_code=200,
     )
-    async def delete_domain(self, request: Req, domain_id: str) -> Message:
+    async def delete_domain(self, request: Req, domain_id: PathId) -> Message:
         await runtime(request).commands.delete_domain(
             context(request), parse_id(domain_id, "domain")
         )
@@ -159,7 +165,7 @@ class MailboxController(Controller):
         request: Req,
         page: PageParam = 1,
         limit: LimitParam = 50,
-        domain_id: int | None = DomainFilter,
+        domain_id: DomainFilter = None,
     ) -> MailboxList:
         rows, total = await queries.page(
             runtime(request).reader, "mailboxes", limit, (page - 1) * limit, domain_id
@@ -167,19 +173,21 @@ class MailboxController(Controller):
         return MailboxList(data=[_mailbox(r) for r in rows], meta=_page_meta(page, limit, total))
 
     @get("/{mailbox_id:str}", summary="Get a mailbox", responses=ERROR_SPECS)
-    async def get_mailbox(self, request: Req, mailbox_id: str) -> Response[Mailbox]:
+    async def get_mailbox(self, request: Req, mailbox_id: PathId) -> Response[Mailbox]:
         row = await _fetch(request, "mailboxes", parse_id(mailbox_id, "mailbox"), "mailbox")
         return with_etag(_mailbox(row), row[-1])
 
     @post("/", summary="Create a mailbox", responses=ERROR_SPECS, status_code=201)
-    async def create_mailbox(self, request: Req, data: MailboxIn) -> Response[Mailbox]:
+    async def create_mailbox(self, request: Req, data: JSONBody[MailboxIn]) -> Response[Mailbox]:
         result = await runtime(request).commands.create_mailbox(
             context(request), data.domain_id, data.username, data.password, data.quota
         )
         return _created(result)
 
     @patch("/{mailbox_id:str}/password", summary="Set a new password", responses=ERROR_SPECS)
-    async def set_password(self, request: Req, mailbox_id: str, data: PasswordIn) -> Message:
+    async def set_password(
+        self, request: Req, mailbox_id: PathId, data: JSONBody[PasswordIn]
+    ) -> Message:
         await runtime(request).commands.change_password(
             context(request), parse_id(mailbox_id, "mailbox"), data.password
         )
@@ -187,7 +195,7 @@ class MailboxController(Controller):
 
     @patch("/{mailbox_id:str}", summary="Set active and/or quota", responses=ERROR_SPECS)
     async def patch_mailbox(
-        self, request: Req, mailbox_id: str, data: MailboxPatch
+        self, request: Req, mailbox_id: PathId, data: JSONBody[MailboxPatch]
     ) -> Response[Mailbox]:
         row_id = parse_id(mailbox_id, "mailbox")
         await runtime(request).commands.update_mailbox(
@@ -197,7 +205,7 @@ class MailboxController(Controller):
         return with_etag(_mailbox(row), row[-1])
 
     @delete("/{mailbox_id:str}", summary="Delete a mailbox", responses=ERROR_SPECS, status_code=200)
-    async def delete_mailbox(self, request: Req, mailbox_id: str) -> Message:
+    async def delete_mailbox(self, request: Req, mailbox_id: PathId) -> Message:
         await runtime(request).commands.delete_mailbox(
             context(request), parse_id(mailbox_id, "mailbox")
         )
@@ -214,7 +222,7 @@ class AliasController(Controller):
         request: Req,
         page: PageParam = 1,
         limit: LimitParam = 50,
-        domain_id: int | None = DomainFilter,
+        domain_id: DomainFilter = None,
     ) -> AliasList:
         rows, total = await queries.page(
             runtime(request).reader, "aliases", limit, (page - 1) * limit, domain_id
@@ -222,25 +230,27 @@ class AliasController(Controller):
         return AliasList(data=[_alias(r) for r in rows], meta=_page_meta(page, limit, total))
 
     @get("/{alias_id:str}", summary="Get an alias", responses=ERROR_SPECS)
-    async def get_alias(self, request: Req, alias_id: str) -> Response[Alias]:
+    async def get_alias(self, request: Req, alias_id: PathId) -> Response[Alias]:
         row = await _fetch(request, "aliases", parse_id(alias_id, "alias"), "alias")
         return with_etag(_alias(row), row[-1])
 
     @post("/", summary="Create an alias", responses=ERROR_SPECS, status_code=201)
-    async def create_alias(self, request: Req, data: AliasIn) -> Response[Alias]:
+    async def create_alias(self, request: Req, data: JSONBody[AliasIn]) -> Response[Alias]:
         result = await runtime(request).commands.create_alias(
             context(request), data.source, data.destination
         )
         return _created(result)
 
     @patch("/{alias_id:str}", summary="Set the destination", responses=ERROR_SPECS)
-    async def patch_alias(self, request: Req, alias_id: str, data: AliasPatch) -> Response[Alias]:
+    async def patch_alias(
+        self, request: Req, alias_id: PathId, data: JSONBody[AliasPatch]
+    ) -> Response[Alias]:
         row_id = parse_id(alias_id, "alias")
         await runtime(request).commands.update_alias(context(request), row_id, data.destination)
         row = await _fetch(request, "aliases", row_id, "alias")
         return with_etag(_alias(row), row[-1])
 
     @delete("/{alias_id:str}", summary="Delete an alias", responses=ERROR_SPECS, status_code=200)
-    async def delete_alias(self, request: Req, alias_id: str) -> Message:
+    async def delete_alias(self, request: Req, alias_id: PathId) -> Message:
         await runtime(request).commands.delete_alias(context(request), parse_id(alias_id, "alias"))
         return Message("alias deleted")

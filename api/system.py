@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 from litestar import Controller, Request, Response, get, post
+from litestar.params import JSONBody
 
 from api.auth import bearer, issue_jwt, unauthorized, verify_jwt
 from api.common import runtime
@@ -157,7 +158,7 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/login", summary="Exchange the admin user and password for a 24 h JWT", status_code=200)
-    async def login(self, request: Req, data: LoginIn) -> Token:
+    async def login(self, request: Req, data: JSONBody[LoginIn]) -> Token:
         settings = runtime(request).settings
         user_ok = data.username == settings.admin_user
         stored = settings.admin_password_hash if user_ok else _DUMMY_HASH
@@ -174,7 +175,7 @@ class AuthController(Controller):
     @post(
         "/verify", summary='Check a JWT sent as {"token"} or Authorization: Bearer', status_code=200
     )
-    async def verify_post(self, request: Req, data: VerifyIn | None = None) -> Verified:
+    async def verify_post(self, request: Req, data: JSONBody[VerifyIn | None] = None) -> Verified:
         token = (data.token if data is not None else None) or bearer(dict(request.headers))
         return self._verify(request, token)
 
