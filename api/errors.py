@@ -48,11 +48,11 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (DomainError, 500, "INTERNAL_ERROR"),
     (Unavailable, 503, "DEPENDENCY_UNAVAILABLE"),
     (ValidationException, 400, "VALIDATION_FAILED"),
-    (ClientException, 400, "VALIDATION_FAILED"),
     (NotAuthorizedException, 401, "UNAUTHORIZED"),
     (PermissionDeniedException, 403, "FORBIDDEN"),
     (NotFoundException, 404, "NOT_FOUND"),
     (MethodNotAllowedException, 405, "METHOD_NOT_ALLOWED"),
+    (ClientException, 400, "VALIDATION_FAILED"),  # after its subclasses above
 )
 
 

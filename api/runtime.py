@@ -49,7 +49,7 @@ class Runtime:
         try:
             event_log = await EventLog.connect(s.nats_url, s.stream, s.prefix)
         except Exception as exc:
-            log.warning("NATS at %s not reachable yet: %s", s.nats_url, exc)
+            log.warning("NATS at %s not reachable yet: %r", s.nats_url, exc)
             return False
         self.event_log = event_log
         await self.projector.start(event_log)

@@ -78,16 +78,28 @@ class EventLog:
         connect_timeout: float = 2.0,
     ) -> "EventLog":
         async def _error(exc: Exception) -> None:
-            log.warning("nats: %s", exc)
+            log.debug("nats: %s", exc)
 
-        nc = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=_error,
+        async def _disconnected() -> None:
+            log.warning("nats: disconnected from %s; reconnecting", url)
+
+        async def _reconnected() -> None:
+            log.warning("nats: reconnected to %s", url)
+
+        # nats-py retries even the first connect forever with unlimited reconnects: bound it.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=_error,
+                disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected,
+            ),
+            connect_timeout + 1.0,
         )
         js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
         event_log = cls(nc, js, stream, prefix)
