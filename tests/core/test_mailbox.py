@@ -4,8 +4,13 @@ import pytest
 
 from core import mailbox
 from core.errors import Conflict, NotFound, ValidationFailed
-from core.events import AliasCreated, MailboxCreated, MailboxDeleted, MailboxPasswordChanged
-from core.events import MailboxUpdated
+from core.events import (
+    AliasCreated,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxPasswordChanged,
+    MailboxUpdated,
+)
 from core.mailbox import (
     AddressState,
     ChangePassword,
