@@ -7,6 +7,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from api.admin import SecurityController, TokenController
 from api.auth import AuthMiddleware
 from api.errors import handle
 from api.resources import AliasController, DomainController, MailboxController
@@ -56,6 +57,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             DomainController,
             MailboxController,
             AliasController,
+            TokenController,
+            SecurityController,
         ],
         lifespan=[lifespan],
         middleware=[AuthMiddleware()],

@@ -20,6 +20,11 @@ DomainFilter = Annotated[
 PathId = Annotated[str, PathParameter(description="positive integer id", pattern=r"^[0-9]+$")]
 
 
+def principal(request: Request[Any, Any, Any]) -> Principal:
+    p: Principal = request.scope["user"]
+    return p
+
+
 def runtime(request: Request[Any, Any, Any]) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt

@@ -12,6 +12,7 @@ from api.common import (
     PathId,
     context,
     parse_id,
+    principal,
     runtime,
     with_etag,
 )
@@ -96,10 +97,33 @@ def _created(result: Result) -> Response[Any]:
 
 
 async def _fetch(request: Req, table: str, row_id: int, what: str) -> tuple[Any, ...]:
-    row = await queries.one(runtime(request).reader, table, row_id)
+    """The row, or 404; also 404 when a domain-scoped token may not see its domain."""
+    db = runtime(request).reader
+    row = await queries.one(db, table, row_id)
+    if row is not None and not await _visible(
+        request, row[1] if table == "domains" else None, None if table == "domains" else row[1]
+    ):
+        row = None
     if row is None:
         raise ApiError(404, "NOT_FOUND", f"{what} not found", f"no {what} with id {row_id}")
     return row
+
+
+async def _guard(request: Req, table: str, raw_id: str, what: str) -> int:
+    """The parsed id; for a domain-scoped token, 404 unless the row is in one of its domains."""
+    row_id = parse_id(raw_id, what)
+    if principal(request).domains is not None:
+        await _fetch(request, table, row_id, what)
+    return row_id
+
+
+async def _visible(request: Req, name: str | None, domain_id: int | None) -> bool:
+    who = principal(request)
+    if who.domains is None:
+        return True
+    if name is None and domain_id is not None:
+        name = await queries.domain_name(runtime(request).reader, domain_id)
+    return name is not None and who.sees(name)
 
 
 def _page_meta(page: int, limit: int, total: int) -> PageMeta:
@@ -115,7 +139,11 @@ class DomainController(Controller):
         self, request: Req, page: PageParam = 1, limit: LimitParam = 50
     ) -> DomainList:
         rows, total = await queries.page(
-            runtime(request).reader, "domains", limit, (page - 1) * limit
+            runtime(request).reader,
+            "domains",
+            limit,
+            (page - 1) * limit,
+            allowed=principal(request).domains,
         )
         return DomainList(data=[_domain(r) for r in rows], meta=_page_meta(page, limit, total))
 
@@ -126,6 +154,10 @@ class DomainController(Controller):
 
     @post("/", summary="Create a domain", responses=ERROR_SPECS, status_code=201)
     async def create_domain(self, request: Req, data: JSONBody[DomainIn]) -> Response[Domain]:
+        if principal(request).domains is not None:
+            raise ApiError(
+                403, "FORBIDDEN", "forbidden", "a domain-scoped token cannot add domains"
+            )
         result = await runtime(request).commands.create_domain(
             context(request), data.name, data.outgoing_ip
         )
@@ -135,7 +167,7 @@ class DomainController(Controller):
     async def patch_domain(
         self, request: Req, domain_id: PathId, data: JSONBody[DomainPatch]
     ) -> Response[Domain]:
-        row_id = parse_id(domain_id, "domain")
+        row_id = await _guard(request, "domains", domain_id, "domain")
         await runtime(request).commands.update_domain(
             context(request), row_id, data.active, data.outgoing_ip
         )
@@ -149,9 +181,8 @@ class DomainController(Controller):
         status_code=200,
     )
     async def delete_domain(self, request: Req, domain_id: PathId) -> Message:
-        await runtime(request).commands.delete_domain(
-            context(request), parse_id(domain_id, "domain")
-        )
+        row_id = await _guard(request, "domains", domain_id, "domain")
+        await runtime(request).commands.delete_domain(context(request), row_id)
         return Message("domain deleted")
 
 
@@ -168,7 +199,12 @@ class MailboxController(Controller):
         domain_id: DomainFilter = None,
     ) -> MailboxList:
         rows, total = await queries.page(
-            runtime(request).reader, "mailboxes", limit, (page - 1) * limit, domain_id
+            runtime(request).reader,
+            "mailboxes",
+            limit,
+            (page - 1) * limit,
+            domain_id,
+            allowed=principal(request).domains,
         )
         return MailboxList(data=[_mailbox(r) for r in rows], meta=_page_meta(page, limit, total))
 
@@ -179,6 +215,8 @@ class MailboxController(Controller):
 
     @post("/", summary="Create a mailbox", responses=ERROR_SPECS, status_code=201)
     async def create_mailbox(self, request: Req, data: JSONBody[MailboxIn]) -> Response[Mailbox]:
+        if not await _visible(request, None, data.domain_id):
+            raise ApiError(404, "NOT_FOUND", "domain not found", "no such domain")
         result = await runtime(request).commands.create_mailbox(
             context(request), data.domain_id, data.username, data.password, data.quota
         )
@@ -188,16 +226,15 @@ class MailboxController(Controller):
     async def set_password(
         self, request: Req, mailbox_id: PathId, data: JSONBody[PasswordIn]
     ) -> Message:
-        await runtime(request).commands.change_password(
-            context(request), parse_id(mailbox_id, "mailbox"), data.password
-        )
+        row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
+        await runtime(request).commands.change_password(context(request), row_id, data.password)
         return Message("password updated")
 
     @patch("/{mailbox_id:str}", summary="Set active and/or quota", responses=ERROR_SPECS)
     async def patch_mailbox(
         self, request: Req, mailbox_id: PathId, data: JSONBody[MailboxPatch]
     ) -> Response[Mailbox]:
-        row_id = parse_id(mailbox_id, "mailbox")
+        row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
         await runtime(request).commands.update_mailbox(
             context(request), row_id, data.active, data.quota
         )
@@ -206,9 +243,8 @@ class MailboxController(Controller):
 
     @delete("/{mailbox_id:str}", summary="Delete a mailbox", responses=ERROR_SPECS, status_code=200)
     async def delete_mailbox(self, request: Req, mailbox_id: PathId) -> Message:
-        await runtime(request).commands.delete_mailbox(
-            context(request), parse_id(mailbox_id, "mailbox")
-        )
+        row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
+        await runtime(request).commands.delete_mailbox(context(request), row_id)
         return Message("mailbox deleted")
 
 
@@ -225,7 +261,12 @@ class AliasController(Controller):
         domain_id: DomainFilter = None,
     ) -> AliasList:
         rows, total = await queries.page(
-            runtime(request).reader, "aliases", limit, (page - 1) * limit, domain_id
+            runtime(request).reader,
+            "aliases",
+            limit,
+            (page - 1) * limit,
+            domain_id,
+            allowed=principal(request).domains,
         )
         return AliasList(data=[_alias(r) for r in rows], meta=_page_meta(page, limit, total))
 
@@ -236,6 +277,13 @@ class AliasController(Controller):
 
     @post("/", summary="Create an alias", responses=ERROR_SPECS, status_code=201)
     async def create_alias(self, request: Req, data: JSONBody[AliasIn]) -> Response[Alias]:
+        source_domain = data.source.strip().rpartition("@")[2].lower().rstrip(".")
+        if principal(request).domains is not None and not principal(request).sees(source_domain):
+            raise ApiError(
+                400,
+                "VALIDATION_FAILED",
+                f"source domain {source_domain} is not managed by this server",
+            )
         result = await runtime(request).commands.create_alias(
             context(request), data.source, data.destination
         )
@@ -245,12 +293,13 @@ class AliasController(Controller):
     async def patch_alias(
         self, request: Req, alias_id: PathId, data: JSONBody[AliasPatch]
     ) -> Response[Alias]:
-        row_id = parse_id(alias_id, "alias")
+        row_id = await _guard(request, "aliases", alias_id, "alias")
         await runtime(request).commands.update_alias(context(request), row_id, data.destination)
         row = await _fetch(request, "aliases", row_id, "alias")
         return with_etag(_alias(row), row[-1])
 
     @delete("/{alias_id:str}", summary="Delete an alias", responses=ERROR_SPECS, status_code=200)
     async def delete_alias(self, request: Req, alias_id: PathId) -> Message:
-        await runtime(request).commands.delete_alias(context(request), parse_id(alias_id, "alias"))
+        row_id = await _guard(request, "aliases", alias_id, "alias")
+        await runtime(request).commands.delete_alias(context(request), row_id)
         return Message("alias deleted")

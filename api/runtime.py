@@ -6,6 +6,7 @@ import logging
 
 import aiosqlite
 
+from api.access import Access, AuthStats, RateLimiter, TokenUsage
 from commands.log import EventLog
 from commands.service import Commands
 from core.settings import Settings
@@ -27,12 +28,19 @@ class Runtime:
         self.projector: Projector
         self.commands: Commands
         self._connector: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.access = Access(settings)
+        self.limiter = RateLimiter(f"{settings.stream}_RATE", f"{settings.prefix}rl")
+        self.usage = TokenUsage()
+        self.stats = AuthStats()
 
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.projector = Projector(s.read_db)
         self.reader = await open_reader(s.read_db)
+        await self.access.reload(self.reader)
+        self.projector.listeners.append(self._on_applied)
         self.commands = Commands(
             self.reader,
             self.projector,
@@ -51,19 +59,36 @@ class Runtime:
         except Exception as exc:
             log.warning("NATS at %s not reachable yet: %r", s.nats_url, exc)
             return False
+        try:
+            await self.limiter.attach(event_log.nc)
+            await self.usage.attach(event_log.nc)
+        except Exception as exc:  # the API works without them: local counting, local usage
+            log.warning("rate-limit / token-usage buckets unavailable: %r", exc)
         self.event_log = event_log
         await self.projector.start(event_log)
+        self._flusher = asyncio.create_task(self._flush_usage(), name="token-usage")
         return True
+
+    async def _on_applied(self, tags: set[str]) -> None:
+        if any(t.startswith(("token.", "security.")) for t in tags):
+            await self.access.reload(self.reader)
+
+    async def _flush_usage(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            await self.usage.flush()
 
     async def _keep_connecting(self) -> None:
         while not await self._try_connect():
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        if self._connector is not None:
-            self._connector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connector
+        for task in (self._connector, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.usage.flush()
         await self.projector.stop()
         if self.event_log is not None:
             await self.event_log.close()

@@ -1,5 +1,6 @@
 """Request and response bodies of the seed API. Inputs forbid unknown fields."""
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -151,3 +152,73 @@ class About(msgspec.Struct, frozen=True):
     os: str
     postfix: str
     dovecot: str
+
+
+# ---- tokens and security -----------------------------------------------------------------
+
+
+class TokenIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    scope: Annotated[str, Meta(description="read, write or admin")]
+    domains: list[Annotated[str, Meta(max_length=255)]] | None = None
+    expires_at: datetime | None = None
+
+
+class ManagedToken(msgspec.Struct, frozen=True, omit_defaults=False):
+    id: int
+    name: str
+    scope: str
+    domains: list[str]
+    hint: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+
+
+class ManagedTokenList(msgspec.Struct, frozen=True):
+    data: list[ManagedToken]
+    meta: PageMeta
+
+
+class TokenSecret(msgspec.Struct, frozen=True):
+    """The token with its secret: shown once, at creation or rotation."""
+
+    id: int
+    name: str
+    scope: str
+    domains: list[str]
+    hint: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    token: str
+
+
+class SecurityIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rate_limit_login: Annotated[int, Meta(ge=0, le=10**9)]
+    rate_limit_api: Annotated[int, Meta(ge=0, le=10**9)]
+    login_allowlist: list[str] = msgspec.field(default_factory=list)
+    api_key_allowlist: list[str] = msgspec.field(default_factory=list)
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+
+
+class SecurityOut(msgspec.Struct, frozen=True):
+    rate_limit_login: int
+    rate_limit_api: int
+    login_allowlist: list[str]
+    api_key_allowlist: list[str]
+    trusted_proxies: list[str]
+
+
+class AuthCounts(msgspec.Struct, frozen=True):
+    failed_logins: int
+    refused_keys: int
+    refused_tokens: int
+    rate_limited: int
+    ip_restricted: int
+
+
+class SecurityStats(msgspec.Struct, frozen=True):
+    since: str
+    totals: AuthCounts
+    by_ip: dict[str, AuthCounts]

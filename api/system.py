@@ -1,6 +1,7 @@
 """/health, /api/v1/system/about, /auth/login and /auth/verify."""
 
 import asyncio
+import logging
 import platform
 import shutil
 import socket
@@ -15,12 +16,14 @@ import psutil
 from litestar import Controller, Request, Response, get, post
 from litestar.params import JSONBody
 
-from api.auth import bearer, issue_jwt, unauthorized, verify_jwt
+from api.auth import bearer, client_ip, issue_jwt, unauthorized, verify_jwt
 from api.common import runtime
 from api.schemas import About, Check, Health, LoginIn, Token, Verified, VerifyIn
 from commands.passwords import verify_password
 from core.settings import Settings
 from projections.appliers import rfc3339
+
+log = logging.getLogger("mailpanel.auth")
 
 BUILD = "001"
 # A real hash to verify against when the username is wrong, so timing does not tell.
@@ -164,6 +167,9 @@ class AuthController(Controller):
         stored = settings.admin_password_hash if user_ok else _DUMMY_HASH
         valid = await asyncio.to_thread(verify_password, stored, data.password)
         if not (user_ok and valid and settings.admin_password_hash):
+            ip = client_ip(request.scope)
+            runtime(request).stats.count("failed_logins", ip)
+            log.warning("auth: failed login for user %r from %s", data.username[:64], ip)
             raise unauthorized("wrong username or password")
         token, expires = issue_jwt(settings, data.username)
         return Token(token=token, token_type="Bearer", expires_at=rfc3339(expires))

@@ -80,8 +80,11 @@ class EventLog:
         async def _error(exc: Exception) -> None:
             log.debug("nats: %s", exc)
 
+        closing: list[Client] = []
+
         async def _disconnected() -> None:
-            log.warning("nats: disconnected from %s; reconnecting", url)
+            if not any(c.is_closed or c.is_draining for c in closing):
+                log.warning("nats: disconnected from %s; reconnecting", url)
 
         async def _reconnected() -> None:
             log.warning("nats: reconnected to %s", url)
@@ -101,6 +104,7 @@ class EventLog:
             ),
             connect_timeout + 1.0,
         )
+        closing.append(nc)
         js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
         event_log = cls(nc, js, stream, prefix)
         await event_log.ensure_stream(replicas)

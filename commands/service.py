@@ -6,6 +6,7 @@ the client sent If-Match, in which case the conflict is the client's to resolve.
 """
 
 import hashlib
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from commands.passwords import hash_password
 from core import alias as alias_agg
 from core import domain as domain_agg
 from core import mailbox as mailbox_agg
+from core import security as security_agg
+from core import token as token_agg
 from core.errors import Conflict, DomainError, ValidationFailed
 from core.events import Envelope, Event, Meta, decode
 
@@ -54,6 +57,20 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     event: Event | None
     at: datetime
     replayed: bool = False
+
+
+TOKEN_PREFIX = "mp_"
+DOMAIN_NAMES_EXIST = "SELECT name FROM domains WHERE name IN (SELECT value FROM json_each(?))"
+
+
+def new_token_secret() -> tuple[str, str, str]:
+    """(secret, its SHA-256 hex, a short hint). The mp_ prefix lets secret scanners find leaks."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return secret, token_sha256(secret), secret[:8]
+
+
+def token_sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Commands:
@@ -283,4 +300,76 @@ class Commands:
             ctx,
             lambda: state.alias_by_id(self.db, alias_id, self.prefix),
             lambda s: alias_agg.decide(cmd, s),
+        )
+
+    # ---- tokens and security settings --------------------------------------------------
+
+    async def create_token(
+        self,
+        ctx: Context,
+        name: str,
+        scope: str,
+        domains: tuple[str, ...],
+        expires_at: datetime | None,
+    ) -> tuple[Result, str]:
+        """Returns the result and the secret, which exists nowhere else from now on."""
+        names = tuple(normalize.domain_name(d, "domains") for d in domains)
+        if names:
+            found = {
+                str(r[0])
+                for r in await self.db.execute_fetchall(
+                    DOMAIN_NAMES_EXIST, (msgspec.json.encode(names).decode(),)
+                )
+            }
+            missing = sorted(set(names) - found)
+            if missing:
+                raise ValidationFailed("domains", f"unknown domain: {', '.join(missing)}")
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise ValidationFailed("expires_at", "expires_at must be RFC 3339 with a time zone")
+        secret, digest, hint = new_token_secret()
+        cmd = token_agg.CreateToken(
+            name=name.strip(),
+            scope=scope,
+            domains=names,
+            expires_at=expires_at,
+            secret_sha256=digest,
+            hint=hint,
+            now=datetime.now(UTC),
+        )
+        result = await self._run(
+            ctx,
+            lambda: state.token_by_name(self.db, cmd.name, self.prefix),
+            lambda s: token_agg.decide(cmd, s),
+        )
+        return result, secret
+
+    async def rotate_token(self, ctx: Context, token_id: int) -> tuple[Result, str]:
+        secret, digest, hint = new_token_secret()
+        cmd = token_agg.RotateToken(id=token_id, secret_sha256=digest, hint=hint)
+        result = await self._run(
+            ctx,
+            lambda: state.token_by_id(self.db, token_id, self.prefix),
+            lambda s: token_agg.decide(cmd, s),
+        )
+        return result, secret
+
+    async def revoke_token(self, ctx: Context, token_id: int) -> Result:
+        cmd = token_agg.RevokeToken(id=token_id)
+        return await self._run(
+            ctx,
+            lambda: state.token_by_id(self.db, token_id, self.prefix),
+            lambda s: token_agg.decide(cmd, s),
+        )
+
+    async def set_security(
+        self,
+        ctx: Context,
+        wanted: security_agg.SecuritySettings,
+        defaults: security_agg.SecuritySettings,
+    ) -> Result:
+        cmd = security_agg.ChangeSecuritySettings(settings=wanted)
+        return await self._run(
+            ctx,
+            lambda: state.security(self.db, defaults, self.prefix),
+            lambda s: security_agg.decide(cmd, s),
         )

@@ -6,12 +6,16 @@ A stale read is harmless: the append then fails on the expected sequence and is 
 from typing import Any, Generic, TypeVar
 
 import aiosqlite
+import msgspec
 
 from core.alias import AliasState
 from core.domain import DomainState
 from core.errors import NotFound
 from core.mailbox import AddressState, DomainRef
-from core.subjects import address_subject, domain_subject
+from core.events import SecuritySettingsChanged
+from core.security import SecuritySettings, from_event
+from core.subjects import address_subject, domain_subject, security_subject, token_subject
+from core.token import TokenState
 
 SUBJECT_SEQ = "SELECT last_seq FROM subjects WHERE subject = ?"
 DOMAIN_BY_NAME = "SELECT id, name, active, outgoing_ip, version FROM domains WHERE name = ?"
@@ -130,3 +134,36 @@ async def alias_by_id(db: aiosqlite.Connection, alias_id: int, prefix: str) -> L
         raise NotFound("alias not found", f"no alias with id {alias_id}")
     state = _alias(row)
     return Loaded(state, address_subject(state.at.address, prefix), int(row[3]))
+
+
+TOKEN_BY_NAME = "SELECT id, name, version FROM tokens WHERE name = ? AND revoked_at IS NULL"
+TOKEN_BY_ID = "SELECT id, name, version FROM tokens WHERE id = ? AND revoked_at IS NULL"
+SECURITY = "SELECT data, version FROM security_settings WHERE id = 1"
+
+
+async def token_by_name(db: aiosqlite.Connection, name: str, prefix: str) -> Loaded[TokenState]:
+    subject = token_subject(name, prefix)
+    row = await _one(db, TOKEN_BY_NAME, (name,))
+    if row is None:
+        return Loaded(TokenState(), subject, await _subject_seq(db, subject))
+    return Loaded(TokenState(id=int(row[0]), name=str(row[1])), subject, int(row[2]))
+
+
+async def token_by_id(db: aiosqlite.Connection, token_id: int, prefix: str) -> Loaded[TokenState]:
+    row = await _one(db, TOKEN_BY_ID, (token_id,))
+    if row is None:
+        raise NotFound("token not found", f"no live token with id {token_id}")
+    state = TokenState(id=int(row[0]), name=str(row[1]))
+    return Loaded(state, token_subject(state.name, prefix), int(row[2]))
+
+
+async def security(
+    db: aiosqlite.Connection, defaults: SecuritySettings, prefix: str
+) -> Loaded[SecuritySettings]:
+    """The stored settings, or the defaults (from the environment) before any change."""
+    row = await _one(db, SECURITY, ())
+    if row is None:
+        subject = security_subject(prefix)
+        return Loaded(defaults, subject, await _subject_seq(db, subject))
+    event = msgspec.json.decode(str(row[0]).encode(), type=SecuritySettingsChanged)
+    return Loaded(from_event(event), security_subject(prefix), int(row[1]))

@@ -101,6 +101,43 @@ class AliasDeleted(_Event, tag="alias.deleted", frozen=True):
     source: str
 
 
+# ---- access control ----------------------------------------------------------------------
+
+
+class TokenCreated(_Event, tag="token.created", frozen=True):
+    """A managed API token. Only the SHA-256 of its secret is ever stored; `hint` is the
+    secret's first characters, enough to recognise it in a list."""
+
+    name: str
+    scope: str
+    secret_sha256: str
+    domains: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    hint: str = ""
+
+
+class TokenRotated(_Event, tag="token.rotated", frozen=True):
+    id: int
+    name: str
+    secret_sha256: str
+    hint: str = ""
+
+
+class TokenRevoked(_Event, tag="token.revoked", frozen=True):
+    id: int
+    name: str
+
+
+class SecuritySettingsChanged(_Event, tag="security.settings_changed", frozen=True):
+    """The whole security settings row (PUT replaces it in full)."""
+
+    rate_limit_login: int
+    rate_limit_api: int
+    login_allowlist: tuple[str, ...] = ()
+    api_key_allowlist: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+
+
 Event = (
     DomainCreated
     | DomainUpdated
@@ -112,6 +149,10 @@ Event = (
     | AliasCreated
     | AliasUpdated
     | AliasDeleted
+    | TokenCreated
+    | TokenRotated
+    | TokenRevoked
+    | SecuritySettingsChanged
 )
 
 

@@ -19,6 +19,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_key: str = ""  # base64 AES-256 key for secrets in events
     data_key_id: str = ""
     host_ips: tuple[str, ...] = ()
+    rate_limit_login: int = 5  # per minute per source IP; 0 = off
+    rate_limit_api: int = 60
+    trusted_proxies: tuple[str, ...] = ()
     jwt_ttl_s: int = 24 * 3600
     publish_wait_s: float = 5.0
 

@@ -32,3 +32,12 @@ def domain_subject(name: str, prefix: str = PREFIX) -> str:
 def address_subject(address: str, prefix: str = PREFIX) -> str:
     """Mailboxes and aliases share one subject per address: an address is one or the other."""
     return f"{prefix}.addr.{encode_key(address)}"
+
+
+def token_subject(name: str, prefix: str = PREFIX) -> str:
+    """Token names are unique among live tokens: the name is the key."""
+    return f"{prefix}.token.{encode_key(name)}"
+
+
+def security_subject(prefix: str = PREFIX) -> str:
+    return f"{prefix}.security.settings"

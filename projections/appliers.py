@@ -21,6 +21,10 @@ from core.events import (
     MailboxDeleted,
     MailboxPasswordChanged,
     MailboxUpdated,
+    SecuritySettingsChanged,
+    TokenCreated,
+    TokenRevoked,
+    TokenRotated,
     event_tag,
 )
 
@@ -71,6 +75,18 @@ UPDATE_ALIAS = (
     "UPDATE aliases SET destination = ?, updated_at = ?, version = ? WHERE id = ? AND version <= ?"
 )
 DELETE_ALIAS = "DELETE FROM aliases WHERE id = ?"
+UPSERT_TOKEN = (
+    "INSERT OR REPLACE INTO tokens (id, name, scope, domains, secret_sha256, hint, created_at, "
+    "expires_at, rotated_at, revoked_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)"
+)
+ROTATE_TOKEN = (
+    "UPDATE tokens SET secret_sha256 = ?, hint = ?, rotated_at = ?, version = ? "
+    "WHERE id = ? AND version <= ?"
+)
+REVOKE_TOKEN = "UPDATE tokens SET revoked_at = ?, version = ? WHERE id = ? AND version <= ?"
+SET_SECURITY = (
+    "INSERT OR REPLACE INTO security_settings (id, data, updated_at, version) VALUES (1, ?, ?, ?)"
+)
 
 _json = msgspec.json.Encoder()
 
@@ -140,6 +156,19 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
             db.execute(UPDATE_ALIAS, (e.destination, at, seq, e.id, seq))
         case AliasDeleted() as e:
             db.execute(DELETE_ALIAS, (e.id,))
+        case TokenCreated() as e:
+            expires = rfc3339(e.expires_at) if e.expires_at else None
+            domains = _json.encode(list(e.domains)).decode()
+            db.execute(
+                UPSERT_TOKEN,
+                (seq, e.name, e.scope, domains, e.secret_sha256, e.hint, at, expires, seq),
+            )
+        case TokenRotated() as e:
+            db.execute(ROTATE_TOKEN, (e.secret_sha256, e.hint, at, seq, e.id, seq))
+        case TokenRevoked() as e:
+            db.execute(REVOKE_TOKEN, (at, seq, e.id, seq))
+        case SecuritySettingsChanged() as e:
+            db.execute(SET_SECURITY, (_json.encode(e).decode(), at, seq))
 
 
 def apply_batch(db: sqlite3.Connection, batch: list[tuple[int, str, Envelope]]) -> int:

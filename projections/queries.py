@@ -1,68 +1,92 @@
-"""Read-side SQL for the API. One statement per list page: the window COUNT gives the total."""
+"""Read-side SQL for the API. One statement per list page: the window COUNT gives the total.
+
+Statements are built once, at import, for each table and filter combination: all rows, one
+domain's rows, and either of those restricted to a domain-scoped token's domain names.
+"""
 
 from typing import Any
 
 import aiosqlite
-
-DOMAIN_COLS = "id, name, active, outgoing_ip, created_at"
-MAILBOX_COLS = "id, domain_id, username, quota, active, created_at"
-ALIAS_COLS = "id, domain_id, source, destination, created_at"
-
-LIST_DOMAINS = f"SELECT {DOMAIN_COLS}, count(*) OVER () FROM domains ORDER BY id LIMIT ? OFFSET ?"
-COUNT_DOMAINS = "SELECT count(*) FROM domains"
-GET_DOMAIN = f"SELECT {DOMAIN_COLS}, version FROM domains WHERE id = ?"
-
-LIST_MAILBOXES = (
-    f"SELECT {MAILBOX_COLS}, count(*) OVER () FROM mailboxes ORDER BY id LIMIT ? OFFSET ?"
-)
-LIST_MAILBOXES_IN = (
-    f"SELECT {MAILBOX_COLS}, count(*) OVER () FROM mailboxes WHERE domain_id = ? "
-    "ORDER BY id LIMIT ? OFFSET ?"
-)
-COUNT_MAILBOXES = "SELECT count(*) FROM mailboxes"
-COUNT_MAILBOXES_IN = "SELECT count(*) FROM mailboxes WHERE domain_id = ?"
-GET_MAILBOX = f"SELECT {MAILBOX_COLS}, version FROM mailboxes WHERE id = ?"
-
-LIST_ALIASES = f"SELECT {ALIAS_COLS}, count(*) OVER () FROM aliases ORDER BY id LIMIT ? OFFSET ?"
-LIST_ALIASES_IN = (
-    f"SELECT {ALIAS_COLS}, count(*) OVER () FROM aliases WHERE domain_id = ? "
-    "ORDER BY id LIMIT ? OFFSET ?"
-)
-COUNT_ALIASES = "SELECT count(*) FROM aliases"
-COUNT_ALIASES_IN = "SELECT count(*) FROM aliases WHERE domain_id = ?"
-GET_ALIAS = f"SELECT {ALIAS_COLS}, version FROM aliases WHERE id = ?"
+import msgspec
 
 Row = tuple[Any, ...]
 
-_LISTS = {
-    "domains": (LIST_DOMAINS, LIST_DOMAINS, COUNT_DOMAINS, COUNT_DOMAINS),
-    "mailboxes": (LIST_MAILBOXES, LIST_MAILBOXES_IN, COUNT_MAILBOXES, COUNT_MAILBOXES_IN),
-    "aliases": (LIST_ALIASES, LIST_ALIASES_IN, COUNT_ALIASES, COUNT_ALIASES_IN),
+COLUMNS = {
+    "domains": "id, name, active, outgoing_ip, created_at",
+    "mailboxes": "id, domain_id, username, quota, active, created_at",
+    "aliases": "id, domain_id, source, destination, created_at",
+    "tokens": "id, name, scope, domains, hint, created_at, expires_at",
 }
-_GETS = {"domains": GET_DOMAIN, "mailboxes": GET_MAILBOX, "aliases": GET_ALIAS}
+BASE_WHERE = {"tokens": "revoked_at IS NULL"}
+DOMAIN_COLUMN = {"domains": "id", "mailboxes": "domain_id", "aliases": "domain_id"}
+IN_NAMES = "(SELECT value FROM json_each(?))"
+
+
+def _where(table: str, by_domain: bool, restricted: bool) -> str:
+    parts = [BASE_WHERE[table]] if table in BASE_WHERE else []
+    if by_domain:
+        parts.append(f"{DOMAIN_COLUMN[table]} = ?")
+    if restricted:
+        if table == "domains":
+            parts.append(f"name IN {IN_NAMES}")
+        else:
+            parts.append(f"domain_id IN (SELECT id FROM domains WHERE name IN {IN_NAMES})")
+    return f" WHERE {' AND '.join(parts)}" if parts else ""
+
+
+def _statements() -> dict[tuple[str, bool, bool], tuple[str, str]]:
+    out = {}
+    for table, cols in COLUMNS.items():
+        scoped = table in DOMAIN_COLUMN
+        for by_domain in (False, True) if scoped else (False,):
+            for restricted in (False, True) if scoped else (False,):
+                where = _where(table, by_domain, restricted)
+                out[(table, by_domain, restricted)] = (
+                    f"SELECT {cols}, count(*) OVER () FROM {table}{where} "
+                    "ORDER BY id LIMIT ? OFFSET ?",
+                    f"SELECT count(*) FROM {table}{where}",
+                )
+    return out
+
+
+LISTS = _statements()
+GETS = {
+    table: f"SELECT {cols}, version FROM {table} WHERE id = ?"
+    + (f" AND {BASE_WHERE[table]}" if table in BASE_WHERE else "")
+    for table, cols in COLUMNS.items()
+}
+DOMAIN_NAME = "SELECT name FROM domains WHERE id = ?"
 
 
 async def page(
-    db: aiosqlite.Connection, table: str, limit: int, offset: int, domain_id: int | None = None
+    db: aiosqlite.Connection,
+    table: str,
+    limit: int,
+    offset: int,
+    domain_id: int | None = None,
+    allowed: tuple[str, ...] | None = None,
 ) -> tuple[list[Row], int]:
-    """Rows of one page (last column dropped) and the total count."""
-    all_sql, in_sql, count_sql, count_in_sql = _LISTS[table]
-    if domain_id is None:
-        rows = list(await db.execute_fetchall(all_sql, (limit, offset)))
-    else:
-        rows = list(await db.execute_fetchall(in_sql, (domain_id, limit, offset)))
+    """Rows of one page (count column dropped) and the total count."""
+    list_sql, count_sql = LISTS[(table, domain_id is not None, allowed is not None)]
+    args: tuple[Any, ...] = ()
+    if domain_id is not None:
+        args += (domain_id,)
+    if allowed is not None:
+        args += (msgspec.json.encode(allowed).decode(),)
+    rows = list(await db.execute_fetchall(list_sql, (*args, limit, offset)))
     if rows:
         return [tuple(r)[:-1] for r in rows], int(rows[0][-1])
     # Past the last page the window has no row to carry the total.
-    count = await db.execute_fetchall(
-        count_sql if domain_id is None else count_in_sql, () if domain_id is None else (domain_id,)
-    )
-    return [], int(next(iter(count))[0])
+    count = list(await db.execute_fetchall(count_sql, args))
+    return [], int(count[0][0])
 
 
 async def one(db: aiosqlite.Connection, table: str, row_id: int) -> Row | None:
     """One row (with its version as the last column), or None."""
-    rows = await db.execute_fetchall(_GETS[table], (row_id,))
-    for row in rows:
-        return tuple(row)
-    return None
+    rows = list(await db.execute_fetchall(GETS[table], (row_id,)))
+    return tuple(rows[0]) if rows else None
+
+
+async def domain_name(db: aiosqlite.Connection, domain_id: int) -> str | None:
+    rows = list(await db.execute_fetchall(DOMAIN_NAME, (domain_id,)))
+    return str(rows[0][0]) if rows else None

@@ -7,13 +7,14 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 
 from commands.log import EventLog
-from core.events import Envelope, decode
+from core.events import Envelope, decode, event_tag
 from projections.appliers import CHECKPOINT, apply_batch
 from projections.db import open_writer
 
@@ -44,6 +45,10 @@ class Projector:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
+        # Called with the tags of each applied batch, before waiters are released, so a
+        # change that alters what the API must know (tokens, settings) is in force when a
+        # client hears its write succeeded.
+        self.listeners: list[Callable[[set[str]], Awaitable[None]]] = []
 
     async def start(self, event_log: EventLog) -> None:
         self.event_log = event_log
@@ -77,6 +82,10 @@ class Projector:
             except msgspec.DecodeError as exc:
                 raise ProjectorFailed(f"cannot decode event {seq} on {subject}: {exc}") from exc
         applied = await asyncio.to_thread(apply_batch, self.db, batch)
+        if self.listeners:
+            tags = {event_tag(env.event) for _, _, env in batch}
+            for listener in self.listeners:
+                await listener(tags)
         async with self._changed:
             self.applied = applied
             self._changed.notify_all()

@@ -63,7 +63,35 @@ CREATE TABLE IF NOT EXISTS aliases (
     version INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS aliases_domain ON aliases(domain_id, id);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    domains TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    hint TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    rotated_at TEXT,
+    revoked_at TEXT,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS security_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    data TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
 """
 
 # Tables compared by the rebuild check and dropped by a rebuild, in a stable order.
-READ_MODEL_TABLES = ("checkpoint", "subjects", "events", "domains", "mailboxes", "aliases")
+READ_MODEL_TABLES = (
+    "checkpoint",
+    "subjects",
+    "events",
+    "domains",
+    "mailboxes",
+    "aliases",
+    "tokens",
+    "security_settings",
+)

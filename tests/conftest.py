@@ -43,6 +43,9 @@ def settings(tmp_path: Path, nats_server: EmbeddedNats) -> Settings:
         "MAILPANEL_API_KEY": API_KEY,
         "MAILPANEL_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MAILPANEL_HOST_IPS": "192.0.2.10,192.0.2.11",
+        # Generous limits for tests that are not about limits (those set their own).
+        "MAILPANEL_RATE_LIMIT_API": "100000",
+        "MAILPANEL_RATE_LIMIT_LOGIN": "1000",
         "PATH": os.environ.get("PATH", ""),
     }
     return load_settings(str(tmp_path / "data"), "127.0.0.1:0", env=env, announce=False)

@@ -130,4 +130,18 @@ def load_settings(
         data_key=values["DATA_KEY"],
         data_key_id=values.get("DATA_KEY_ID", ""),
         host_ips=host_ips(env),
+        rate_limit_login=_int(env, "MAILPANEL_RATE_LIMIT_LOGIN", 5),
+        rate_limit_api=_int(env, "MAILPANEL_RATE_LIMIT_API", 60),
+        trusted_proxies=tuple(
+            p.strip() for p in env.get("MAILPANEL_TRUSTED_PROXIES", "").split(",") if p.strip()
+        ),
     )
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise SystemExit(f"mailpanel: {name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
