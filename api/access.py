@@ -123,9 +123,10 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 class _Window:
-    __slots__ = ("exhausted", "global_count", "lock", "unspent")
+    __slots__ = ("exhausted", "global_count", "limit", "lock", "unspent")
 
     def __init__(self) -> None:
+        self.limit = 0
         self.global_count = 0  # the shared counter as last seen (includes our unspent claim)
         self.unspent = 0
         self.exhausted = False
@@ -174,7 +175,7 @@ class RateLimiter:
         if nc is None or not nc.is_connected:
             return None
         try:
-            reply = await nc.request(subject, b"", headers={"Nats-Incr": f"+{amount}"}, timeout=1)
+            reply = await nc.request(subject, b"", headers={"Nats-Incr": f"{amount:+d}"}, timeout=1)
             return int(json.loads(reply.data)["val"])
         except Exception as exc:  # NATS trouble must not take the API down: count locally
             log.warning("rate limiter: shared counter unavailable (%r); counting locally", exc)
@@ -193,8 +194,11 @@ class RateLimiter:
         w = self._windows.get(key)
         if w is None:
             w = self._windows[key] = _Window()
-        if w.unspent == 0 and not w.exhausted:
+        if w.limit != limit or (w.unspent == 0 and not w.exhausted):
             async with w.lock:
+                if w.limit != limit:  # the limit changed: give back what we hold, then reclaim
+                    await self._give_back(w, kind, ip, window)
+                    w.limit = limit
                 if w.unspent == 0 and not w.exhausted:
                     await self._claim(w, kind, ip, window, limit)
         if w.unspent > 0:
@@ -203,10 +207,20 @@ class RateLimiter:
             return Decision(True, limit, remaining, reset_s)
         return Decision(False, limit, 0, reset_s)
 
+    def _subject(self, kind: str, ip: str, window: int) -> str:
+        token = ip.replace(".", "_").replace(":", "-").replace("*", "_").replace(">", "_")
+        return f"{self.subject_prefix}.{kind}.{token or '_'}.{window}"
+
+    async def _give_back(self, w: _Window, kind: str, ip: str, window: int) -> None:
+        if w.unspent > 0:
+            value = await self._incr(self._subject(kind, ip, window), -w.unspent)
+            w.global_count = value if value is not None else w.global_count - w.unspent
+        w.unspent = 0
+        w.exhausted = False
+
     async def _claim(self, w: _Window, kind: str, ip: str, window: int, limit: int) -> None:
         chunk = max(1, limit // 20)
-        token = ip.replace(".", "_").replace(":", "-")
-        value = await self._incr(f"{self.subject_prefix}.{kind}.{token}.{window}", chunk)
+        value = await self._incr(self._subject(kind, ip, window), chunk)
         if value is None:  # local fallback: this process alone counts the whole limit
             value = w.global_count + chunk
         usable = max(0, min(chunk, limit - (value - chunk)))
