@@ -9,6 +9,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from api.admin import SecurityController, TokenController
 from api.auth import AuthMiddleware
+from api.config import ConfigController, OverridesController, WhitelistController
 from api.errors import handle
 from api.resources import AliasController, DomainController, MailboxController
 from api.runtime import Runtime
@@ -59,6 +60,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             AliasController,
             TokenController,
             SecurityController,
+            ConfigController,
+            OverridesController,
+            WhitelistController,
         ],
         lifespan=[lifespan],
         middleware=[AuthMiddleware()],

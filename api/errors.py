@@ -17,7 +17,14 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 
 from commands.log import Unavailable
-from core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
+from core.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    LimitExceeded,
+    NotFound,
+    ValidationFailed,
+)
 
 log = logging.getLogger("mailpanel.api")
 
@@ -44,6 +51,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (ValidationFailed, 400, "VALIDATION_FAILED"),
     (NotFound, 404, "NOT_FOUND"),
     (Conflict, 409, "CONFLICT"),
+    (LimitExceeded, 409, "LIMIT_EXCEEDED"),
     (Forbidden, 403, "FORBIDDEN"),
     (DomainError, 500, "INTERNAL_ERROR"),
     (Unavailable, 503, "DEPENDENCY_UNAVAILABLE"),
@@ -125,7 +133,10 @@ ERROR_SPECS: dict[int, ResponseSpec] = {
     400: _spec("VALIDATION_FAILED: a field, the JSON body or a path id is not acceptable"),
     401: _spec("UNAUTHORIZED: X-API-Key or Bearer token missing or wrong"),
     404: _spec("NOT_FOUND"),
-    409: _spec("CONFLICT: already exists, or a concurrent change won"),
+    409: _spec(
+        "CONFLICT: already exists, or a concurrent change won; LIMIT_EXCEEDED: a "
+        "domain cap (max_mailboxes, max_aliases, quota_total_bytes)"
+    ),
     500: _spec("INTERNAL_ERROR"),
     503: _spec("DEPENDENCY_UNAVAILABLE: NATS or the read model is not available"),
 }

@@ -220,6 +220,9 @@ class MailboxController(Controller):
         result = await runtime(request).commands.create_mailbox(
             context(request), data.domain_id, data.username, data.password, data.quota
         )
+        row = await queries.one(runtime(request).reader, "mailboxes", result.seq)
+        if row is not None:  # the effective quota (the default when none was given)
+            return with_etag(_mailbox(row), row[-1], 201)
         return _created(result)
 
     @patch("/{mailbox_id:str}/password", summary="Set a new password", responses=ERROR_SPECS)

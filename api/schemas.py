@@ -6,6 +6,14 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from core.config import (
+    DomainDefaults,
+    DomainOverrides,
+    GlobalConfig,
+    MailboxDefaults,
+    MailboxOverrides,
+)
+
 NonNegative = Annotated[int, Meta(ge=0, le=2**62)]
 
 
@@ -222,3 +230,136 @@ class SecurityStats(msgspec.Struct, frozen=True):
     since: str
     totals: AuthCounts
     by_ip: dict[str, AuthCounts]
+
+
+# ---- configuration tiers, overrides, effective, anti-spam ---------------------------------
+
+
+class GlobalConfigIn(GlobalConfig, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """PUT replaces the row in full: omitted fields take their defaults. updated_at, as a GET
+    returns it, is accepted and ignored."""
+
+    updated_at: str | None = None
+
+
+class DomainDefaultsIn(DomainDefaults, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    updated_at: str | None = None
+
+
+class MailboxDefaultsIn(MailboxDefaults, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    updated_at: str | None = None
+
+
+class GlobalConfigOut(GlobalConfig, frozen=True, kw_only=True):
+    updated_at: str | None = None
+
+
+class DomainDefaultsOut(DomainDefaults, frozen=True, kw_only=True):
+    updated_at: str | None = None
+
+
+class MailboxDefaultsOut(MailboxDefaults, frozen=True, kw_only=True):
+    updated_at: str | None = None
+
+
+class DomainOverridesIn(DomainOverrides, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Omitted or null fields revert to inheritance."""
+
+
+class MailboxOverridesIn(MailboxOverrides, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Omitted or null fields revert to inheritance."""
+
+
+class AntispamIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    dnsbl_enabled: bool
+    dnsbl_zones: str
+    greylist_enabled: bool
+    greylist_delay_seconds: int
+    greylist_max_age_days: int
+
+
+class Antispam(msgspec.Struct, frozen=True, kw_only=True):
+    dnsbl_enabled: bool
+    dnsbl_zones: str
+    greylist_enabled: bool
+    greylist_delay_seconds: int
+    greylist_max_age_days: int
+
+
+class Provenance(msgspec.Struct, frozen=True):
+    """Which tier supplied a value, and the event that set it there (seq 0: built-in)."""
+
+    tier: str
+    seq: int
+    at: str | None
+    actor: str | None
+
+
+class EffectiveDomain(msgspec.Struct, kw_only=True):
+    domain_id: int
+    domain_name: str
+    outgoing_ip: str
+    quota_total_bytes: int
+    max_mailboxes: int
+    max_aliases: int
+    message_size_limit: int
+    dkim_enabled: bool
+    spf_policy: str
+    dmarc_policy: str
+    spam_threshold: float
+    spam_action: str
+    clamav_action: str
+    greylisting_enabled: bool
+    require_tls_inbound: bool
+    active: bool
+    explain: dict[str, Provenance] | msgspec.UnsetType = msgspec.UNSET
+
+
+class EffectiveMailbox(msgspec.Struct, kw_only=True):
+    mailbox_id: int
+    mailbox_username: str
+    domain_id: int
+    domain_name: str
+    quota_bytes: int
+    enabled_smtp: bool
+    enabled_imap: bool
+    enabled_pop3: bool
+    max_send_per_day: int
+    max_recipients_per_message: int
+    message_size_limit: int
+    spam_threshold: float
+    spam_action: str
+    auto_junk_threshold: float
+    vacation_enabled: bool
+    vacation_message: str
+    forward_to: str
+    forward_keep_copy: bool
+    require_tls_client: bool
+    clamav_action: str
+    greylisting_enabled: bool
+    require_tls_inbound: bool
+    dkim_enabled: bool
+    spf_policy: str
+    dmarc_policy: str
+    mailbox_active: bool
+    domain_active: bool
+    explain: dict[str, Provenance] | msgspec.UnsetType = msgspec.UNSET
+
+
+class WhitelistIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    entry_type: str
+    value: Annotated[str, Meta(max_length=320)]
+    note: Annotated[str, Meta(max_length=500)] = ""
+
+
+class WhitelistEntry(msgspec.Struct, frozen=True):
+    id: int
+    entry_type: str
+    value: str
+    note: str
+    created_at: str
+
+
+class WhitelistList(msgspec.Struct, frozen=True):
+    data: list[WhitelistEntry]
+    meta: PageMeta

@@ -20,17 +20,32 @@ from commands.log import EventLog, Unavailable, WrongSequence
 from commands.passwords import hash_password
 from core import alias as alias_agg
 from core import domain as domain_agg
+from core import limits
 from core import mailbox as mailbox_agg
 from core import security as security_agg
+from core import tiers as tiers_agg
 from core import token as token_agg
-from core.errors import Conflict, DomainError, ValidationFailed
-from core.events import Envelope, Event, Meta, decode
+from core import whitelist as whitelist_agg
+from core.config import ANTISPAM_FIELDS, DomainOverrides, GlobalConfig, MailboxOverrides, Tier
+from core.errors import Conflict, DomainError, LimitExceeded, NotFound, ValidationFailed
+from core.events import (
+    AliasCreated,
+    Envelope,
+    Event,
+    MailboxCreated,
+    MailboxUpdated,
+    Meta,
+    decode,
+)
 
 MAX_ATTEMPTS = 8
 LEAST_USED_IP = (
     "SELECT outgoing_ip, count(*) FROM domains WHERE outgoing_ip IN ({}) GROUP BY outgoing_ip"
 )
 EVENT_BY_COMMAND = "SELECT seq, data FROM events WHERE command_id = ? ORDER BY seq LIMIT 1"
+OUTCOME = "SELECT outcome FROM events WHERE seq = ?"
+# Events the projector may leave without effect (a cap reached, the domain deleted meanwhile).
+REJECTABLE = (MailboxCreated, MailboxUpdated, AliasCreated)
 
 S = TypeVar("S")
 
@@ -128,8 +143,21 @@ class Commands:
                 await self.waiter.wait_for(exc.actual, self.wait_s)
                 continue
             await self.wait(seq)
+            if isinstance(events[0], REJECTABLE):
+                await self._check_outcome(seq)
             return Result(seq=seq, event=events[0], at=now)
         raise Conflict("too many concurrent changes", "retry the request")
+
+    async def _check_outcome(self, seq: int) -> None:
+        """A concurrent request may have taken the last slot: the projector, which applies the
+        log in order, is the arbiter, and says so in the event's outcome."""
+        async with self.db.execute(OUTCOME, (seq,)) as cur:
+            row = await cur.fetchone()
+        outcome = str(row[0]) if row else ""
+        if outcome.startswith("rejected: the domain no longer exists"):
+            raise NotFound("domain not found", "the domain was deleted meanwhile")
+        if outcome.startswith("rejected: "):
+            raise LimitExceeded("domain limit exceeded", outcome.removeprefix("rejected: "))
 
     async def wait(self, seq: int) -> None:
         if not await self.waiter.wait_for(seq, self.wait_s):
@@ -237,9 +265,25 @@ class Commands:
 
         async def load() -> state.Loaded[mailbox_agg.AddressState]:
             loaded = await state.address(self.db, addr, self.prefix)
+            if not loaded.state.at.kind:
+                await self._check_mailbox_caps(domain_id, quota)
             return state.Loaded(loaded.state.at, loaded.subject, loaded.version)
 
         return await self._run(ctx, load, lambda s: mailbox_agg.decide(cmd, s))
+
+    async def _effective_quota(self, quota: int | None) -> int:
+        if quota is not None:
+            return quota
+        loaded = await state.tier(self.db, "mailbox_defaults", self.prefix)
+        return int(getattr(loaded.state.current, "quota_bytes", 0))
+
+    async def _check_mailbox_caps(
+        self, domain_id: int, quota: int | None, replacing: int | None = None
+    ) -> None:
+        usage = await state.domain_usage(self.db, domain_id)
+        if usage is not None:
+            effective = await self._effective_quota(quota)
+            limits.check(limits.mailbox_refusal(usage, effective, replacing))
 
     async def change_password(self, ctx: Context, mailbox_id: int, password: str) -> Result:
         await state.mailbox_by_id(self.db, mailbox_id, self.prefix)  # 404 before hashing
@@ -254,11 +298,15 @@ class Commands:
         self, ctx: Context, mailbox_id: int, active: bool | None, quota: int | None
     ) -> Result:
         cmd = mailbox_agg.UpdateMailbox(id=mailbox_id, active=active, quota=quota)
-        return await self._run(
-            ctx,
-            lambda: state.mailbox_by_id(self.db, mailbox_id, self.prefix),
-            lambda s: mailbox_agg.decide(cmd, s),
-        )
+
+        async def load() -> state.Loaded[mailbox_agg.AddressState]:
+            loaded = await state.mailbox_by_id(self.db, mailbox_id, self.prefix)
+            if quota is not None and quota != loaded.state.quota:
+                domain_id, current = await state.mailbox_quota(self.db, mailbox_id)
+                await self._check_mailbox_caps(domain_id, quota, current)
+            return loaded
+
+        return await self._run(ctx, load, lambda s: mailbox_agg.decide(cmd, s))
 
     async def delete_mailbox(self, ctx: Context, mailbox_id: int) -> Result:
         cmd = mailbox_agg.DeleteMailbox(id=mailbox_id)
@@ -284,7 +332,16 @@ class Commands:
                 "source", f"source domain {domain_name} is not managed by this server"
             )
         cmd = alias_agg.CreateAlias(domain=domain, source=src, destinations=dests)
-        return await self._run(ctx, load, lambda s: alias_agg.decide(cmd, s))
+        domain_id = domain.id
+
+        async def load_checked() -> state.Loaded[alias_agg.AliasState]:
+            loaded = await load()
+            usage = await state.domain_usage(self.db, domain_id)
+            if usage is not None and not loaded.state.at.kind:
+                limits.check(limits.alias_refusal(usage))
+            return loaded
+
+        return await self._run(ctx, load_checked, lambda s: alias_agg.decide(cmd, s))
 
     async def update_alias(self, ctx: Context, alias_id: int, destination: str) -> Result:
         cmd = alias_agg.UpdateAlias(id=alias_id, destinations=normalize.address_list(destination))
@@ -372,4 +429,72 @@ class Commands:
             ctx,
             lambda: state.security(self.db, defaults, self.prefix),
             lambda s: security_agg.decide(cmd, s),
+        )
+
+    # ---- configuration tiers, overrides, whitelist -------------------------------------
+
+    async def set_tier(self, ctx: Context, name: str, wanted: Tier) -> Result:
+        cmd = tiers_agg.SetTier(wanted=wanted)
+        return await self._run(
+            ctx,
+            lambda: state.tier(self.db, name, self.prefix),
+            lambda s: tiers_agg.decide_tier(cmd, s),
+        )
+
+    async def set_antispam(self, ctx: Context, subset: dict[str, object]) -> Result:
+        """Replace the anti-spam fields of the global row; the other fields stay as they are."""
+
+        def decide(s: tiers_agg.TierState) -> list[Event]:
+            assert isinstance(s.current, GlobalConfig)
+            picked = {k: v for k, v in subset.items() if k in ANTISPAM_FIELDS}
+            wanted = msgspec.structs.replace(s.current, **picked)
+            return tiers_agg.decide_tier(tiers_agg.SetTier(wanted=wanted), s)
+
+        return await self._run(ctx, lambda: state.tier(self.db, "global", self.prefix), decide)
+
+    async def set_domain_overrides(
+        self, ctx: Context, domain_id: int, wanted: DomainOverrides
+    ) -> Result:
+        cmd = tiers_agg.SetOverrides(id=domain_id, wanted=wanted)
+        return await self._run(
+            ctx,
+            lambda: state.domain_overrides(self.db, domain_id, self.prefix),
+            lambda s: tiers_agg.decide_overrides(cmd, s),
+        )
+
+    async def set_mailbox_overrides(
+        self, ctx: Context, mailbox_id: int, wanted: MailboxOverrides
+    ) -> Result:
+        if wanted.forward_to:
+            wanted = msgspec.structs.replace(
+                wanted,
+                forward_to=", ".join(normalize.address_list(wanted.forward_to, "forward_to")),
+            )
+        cmd = tiers_agg.SetOverrides(id=mailbox_id, wanted=wanted)
+        return await self._run(
+            ctx,
+            lambda: state.mailbox_overrides(self.db, mailbox_id, self.prefix),
+            lambda s: tiers_agg.decide_overrides(cmd, s),
+        )
+
+    async def add_whitelist(self, ctx: Context, entry_type: str, value: str, note: str) -> Result:
+        raw = value.strip().lower()
+        if entry_type == "domain" and raw:
+            raw = normalize.domain_name(raw, "value")
+        elif entry_type == "email" and raw:
+            raw = normalize.address(raw, "value")
+        canonical = whitelist_agg.canonical(entry_type, raw)
+        cmd = whitelist_agg.AddEntry(entry_type=entry_type, value=canonical, note=note)
+        return await self._run(
+            ctx,
+            lambda: state.whitelist_at(self.db, entry_type, canonical, self.prefix),
+            lambda s: whitelist_agg.decide(cmd, s),
+        )
+
+    async def remove_whitelist(self, ctx: Context, entry_id: int) -> Result:
+        cmd = whitelist_agg.RemoveEntry(id=entry_id)
+        return await self._run(
+            ctx,
+            lambda: state.whitelist_by_id(self.db, entry_id, self.prefix),
+            lambda s: whitelist_agg.decide(cmd, s),
         )

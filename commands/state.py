@@ -9,13 +9,31 @@ import aiosqlite
 import msgspec
 
 from core.alias import AliasState
+from core.config import (
+    DomainDefaults,
+    DomainOverrides,
+    GlobalConfig,
+    MailboxDefaults,
+    MailboxOverrides,
+    Tier,
+)
 from core.domain import DomainState
 from core.errors import NotFound
-from core.mailbox import AddressState, DomainRef
 from core.events import SecuritySettingsChanged
+from core.limits import DomainUsage
+from core.mailbox import AddressState, DomainRef
 from core.security import SecuritySettings, from_event
-from core.subjects import address_subject, domain_subject, security_subject, token_subject
+from core.subjects import (
+    address_subject,
+    config_subject,
+    domain_subject,
+    security_subject,
+    token_subject,
+    whitelist_subject,
+)
+from core.tiers import OverridesState, TierState
 from core.token import TokenState
+from core.whitelist import EntryState
 
 SUBJECT_SEQ = "SELECT last_seq FROM subjects WHERE subject = ?"
 DOMAIN_BY_NAME = "SELECT id, name, active, outgoing_ip, version FROM domains WHERE name = ?"
@@ -167,3 +185,110 @@ async def security(
         return Loaded(defaults, subject, await _subject_seq(db, subject))
     event = msgspec.json.decode(str(row[0]).encode(), type=SecuritySettingsChanged)
     return Loaded(from_event(event), security_subject(prefix), int(row[1]))
+
+
+TIER_ROW = "SELECT data, seq FROM config_tiers WHERE name = ?"
+DOMAIN_OVERRIDES_ROW = "SELECT data FROM domain_overrides WHERE domain_id = ?"
+MAILBOX_OVERRIDES_ROW = "SELECT data FROM mailbox_overrides WHERE mailbox_id = ?"
+WHITELIST_AT = (
+    "SELECT id, entry_type, value, version FROM whitelist WHERE entry_type = ? AND value = ?"
+)
+WHITELIST_BY_ID = "SELECT id, entry_type, value, version FROM whitelist WHERE id = ?"
+EFFECTIVE_DOMAIN = "SELECT data FROM effective_domains WHERE domain_id = ?"
+DOMAIN_COUNTS = (
+    "SELECT (SELECT count(*) FROM mailboxes WHERE domain_id = ?), "
+    "(SELECT count(*) FROM aliases WHERE domain_id = ?), "
+    "(SELECT coalesce(sum(quota_effective), 0) FROM mailboxes WHERE domain_id = ?)"
+)
+
+TIER_TYPES: dict[str, type[Tier]] = {
+    "global": GlobalConfig,
+    "domain_defaults": DomainDefaults,
+    "mailbox_defaults": MailboxDefaults,
+}
+
+
+async def tier(db: aiosqlite.Connection, name: str, prefix: str) -> Loaded[TierState]:
+    subject = config_subject(name, prefix)
+    row = await _one(db, TIER_ROW, (name,))
+    kind = TIER_TYPES[name]
+    if row is None:
+        return Loaded(TierState(current=kind()), subject, await _subject_seq(db, subject))
+    current = msgspec.json.decode(str(row[0]).encode(), type=kind)
+    return Loaded(TierState(current=current), subject, await _subject_seq(db, subject))
+
+
+async def domain_overrides(
+    db: aiosqlite.Connection, domain_id: int, prefix: str
+) -> Loaded[OverridesState]:
+    domain = await domain_by_id(db, domain_id, prefix)
+    row = await _one(db, DOMAIN_OVERRIDES_ROW, (domain_id,))
+    current = (
+        msgspec.json.decode(str(row[0]).encode(), type=DomainOverrides)
+        if row
+        else DomainOverrides()
+    )
+    state = OverridesState(id=domain_id, key=domain.state.name, current=current)
+    return Loaded(state, domain.subject, domain.version)
+
+
+async def mailbox_overrides(
+    db: aiosqlite.Connection, mailbox_id: int, prefix: str
+) -> Loaded[OverridesState]:
+    mailbox = await mailbox_by_id(db, mailbox_id, prefix)
+    row = await _one(db, MAILBOX_OVERRIDES_ROW, (mailbox_id,))
+    current = (
+        msgspec.json.decode(str(row[0]).encode(), type=MailboxOverrides)
+        if row
+        else MailboxOverrides()
+    )
+    state = OverridesState(id=mailbox_id, key=mailbox.state.address, current=current)
+    return Loaded(state, mailbox.subject, mailbox.version)
+
+
+async def whitelist_at(
+    db: aiosqlite.Connection, entry_type: str, value: str, prefix: str
+) -> Loaded[EntryState]:
+    subject = whitelist_subject(entry_type, value, prefix)
+    row = await _one(db, WHITELIST_AT, (entry_type, value))
+    if row is None:
+        return Loaded(EntryState(), subject, await _subject_seq(db, subject))
+    return Loaded(EntryState(id=int(row[0]), entry_type=row[1], value=row[2]), subject, int(row[3]))
+
+
+async def whitelist_by_id(
+    db: aiosqlite.Connection, entry_id: int, prefix: str
+) -> Loaded[EntryState]:
+    row = await _one(db, WHITELIST_BY_ID, (entry_id,))
+    if row is None:
+        raise NotFound("whitelist entry not found", f"no whitelist entry {entry_id}")
+    state = EntryState(id=int(row[0]), entry_type=row[1], value=row[2])
+    return Loaded(state, whitelist_subject(row[1], row[2], prefix), int(row[3]))
+
+
+async def domain_usage(db: aiosqlite.Connection, domain_id: int) -> DomainUsage | None:
+    """The domain's caps (from its effective config) and what it uses now."""
+    row = await _one(db, EFFECTIVE_DOMAIN, (domain_id,))
+    counts = await _one(db, DOMAIN_COUNTS, (domain_id,) * 3)
+    if row is None or counts is None:
+        return None
+    eff = msgspec.json.decode(str(row[0]).encode())
+    return DomainUsage(
+        max_mailboxes=eff["max_mailboxes"],
+        max_aliases=eff["max_aliases"],
+        quota_total_bytes=eff["quota_total_bytes"],
+        mailboxes=counts[0],
+        aliases=counts[1],
+        quota_sum=counts[2],
+    )
+
+
+MAILBOX_QUOTA = "SELECT domain_id, quota_effective FROM mailboxes WHERE id = ?"
+
+
+async def mailbox_quota(db: aiosqlite.Connection, mailbox_id: int) -> tuple[int, int]:
+    """(domain id, effective quota) of an existing mailbox."""
+    row = await _one(db, MAILBOX_QUOTA, (mailbox_id,))
+    if row is None:
+        raise NotFound("mailbox not found", f"no mailbox with id {mailbox_id}")
+    return int(row[0]), int(row[1])

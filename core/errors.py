@@ -28,3 +28,7 @@ class Conflict(DomainError):
 
 class Forbidden(DomainError):
     """The caller may not do this."""
+
+
+class LimitExceeded(DomainError):
+    """A domain cap (max_mailboxes, max_aliases, quota_total_bytes) would be exceeded."""

@@ -10,6 +10,14 @@ from datetime import datetime
 
 import msgspec
 
+from core.config import (
+    DomainDefaults,
+    DomainOverrides,
+    GlobalConfig,
+    MailboxDefaults,
+    MailboxOverrides,
+)
+
 SCHEMA_VERSION = 1
 
 
@@ -138,6 +146,47 @@ class SecuritySettingsChanged(_Event, tag="security.settings_changed", frozen=Tr
     trusted_proxies: tuple[str, ...] = ()
 
 
+# ---- configuration tiers, overrides, whitelist ---------------------------------------------
+
+
+class GlobalConfigSet(_Event, tag="config.global_set", frozen=True):
+    """The whole global row (PUT replaces it in full; the anti-spam PUT replaces a subset)."""
+
+    config: GlobalConfig
+
+
+class DomainDefaultsSet(_Event, tag="config.domain_defaults_set", frozen=True):
+    config: DomainDefaults
+
+
+class MailboxDefaultsSet(_Event, tag="config.mailbox_defaults_set", frozen=True):
+    config: MailboxDefaults
+
+
+class DomainOverridesSet(_Event, tag="domain.overrides_set", frozen=True):
+    id: int
+    name: str
+    overrides: DomainOverrides
+
+
+class MailboxOverridesSet(_Event, tag="mailbox.overrides_set", frozen=True):
+    id: int
+    address: str
+    overrides: MailboxOverrides
+
+
+class WhitelistEntryAdded(_Event, tag="whitelist.entry_added", frozen=True):
+    entry_type: str
+    value: str
+    note: str = ""
+
+
+class WhitelistEntryRemoved(_Event, tag="whitelist.entry_removed", frozen=True):
+    id: int
+    entry_type: str
+    value: str
+
+
 Event = (
     DomainCreated
     | DomainUpdated
@@ -153,6 +202,13 @@ Event = (
     | TokenRotated
     | TokenRevoked
     | SecuritySettingsChanged
+    | GlobalConfigSet
+    | DomainDefaultsSet
+    | MailboxDefaultsSet
+    | DomainOverridesSet
+    | MailboxOverridesSet
+    | WhitelistEntryAdded
+    | WhitelistEntryRemoved
 )
 
 

@@ -41,3 +41,12 @@ def token_subject(name: str, prefix: str = PREFIX) -> str:
 
 def security_subject(prefix: str = PREFIX) -> str:
     return f"{prefix}.security.settings"
+
+
+def config_subject(tier: str, prefix: str = PREFIX) -> str:
+    """One subject per tier: global, domain_defaults, mailbox_defaults."""
+    return f"{prefix}.config.{tier}"
+
+
+def whitelist_subject(entry_type: str, value: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}.whitelist.{encode_key(entry_type + ':' + value)}"

@@ -9,24 +9,33 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from core import limits
 from core.events import (
     AliasCreated,
     AliasDeleted,
     AliasUpdated,
     DomainCreated,
+    DomainDefaultsSet,
     DomainDeleted,
+    DomainOverridesSet,
     DomainUpdated,
     Envelope,
+    GlobalConfigSet,
     MailboxCreated,
+    MailboxDefaultsSet,
     MailboxDeleted,
+    MailboxOverridesSet,
     MailboxPasswordChanged,
     MailboxUpdated,
     SecuritySettingsChanged,
     TokenCreated,
     TokenRevoked,
     TokenRotated,
+    WhitelistEntryAdded,
+    WhitelistEntryRemoved,
     event_tag,
 )
+from projections import effective
 
 CHECKPOINT = "projector"
 
@@ -56,14 +65,43 @@ DELETE_DOMAIN_ALIASES = "DELETE FROM aliases WHERE domain_id = ?"
 DOMAIN_EXISTS = "SELECT name FROM domains WHERE id = ?"
 UPSERT_MAILBOX = (
     "INSERT OR REPLACE INTO mailboxes (id, domain_id, username, address, password_hash, quota, "
-    "active, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "quota_seq, active, created_at, updated_at, version) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+MAILBOX_QUOTA = "SELECT domain_id, quota, quota_effective, version FROM mailboxes WHERE id = ?"
+MAILBOX_EXISTS = "SELECT 1 FROM mailboxes WHERE id = ?"
+ALIAS_EXISTS = "SELECT 1 FROM aliases WHERE id = ?"
+SET_OUTCOME = "UPDATE events SET outcome = ? WHERE seq = ?"
+PUT_TIER = "INSERT OR REPLACE INTO config_tiers (name, data, seq, updated_at) VALUES (?, ?, ?, ?)"
+PUT_DOMAIN_OVERRIDES = (
+    "INSERT OR REPLACE INTO domain_overrides (domain_id, data, seq) "
+    "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM domains WHERE id = ?)"
+)
+PUT_MAILBOX_OVERRIDES = (
+    "INSERT OR REPLACE INTO mailbox_overrides (mailbox_id, data, seq) "
+    "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM mailboxes WHERE id = ?)"
+)
+DELETE_DOMAIN_OVERRIDES = "DELETE FROM domain_overrides WHERE domain_id = ?"
+DELETE_DOMAIN_MAILBOX_OVERRIDES = (
+    "DELETE FROM mailbox_overrides WHERE mailbox_id IN "
+    "(SELECT id FROM mailboxes WHERE domain_id = ?)"
+)
+DELETE_EFFECTIVE_DOMAIN = "DELETE FROM effective_domains WHERE domain_id = ?"
+DELETE_EFFECTIVE_DOMAIN_MAILBOXES = "DELETE FROM effective_mailboxes WHERE domain_id = ?"
+DELETE_MAILBOX_OVERRIDES = "DELETE FROM mailbox_overrides WHERE mailbox_id = ?"
+DELETE_EFFECTIVE_MAILBOX = "DELETE FROM effective_mailboxes WHERE mailbox_id = ?"
+UPSERT_WHITELIST = (
+    "INSERT OR REPLACE INTO whitelist (id, entry_type, value, note, created_at, version) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+DELETE_WHITELIST = "DELETE FROM whitelist WHERE id = ?"
 UPDATE_MAILBOX_PASSWORD = (
     "UPDATE mailboxes SET password_hash = ?, updated_at = ?, version = ? "
     "WHERE id = ? AND version <= ?"
 )
 UPDATE_MAILBOX = (
-    "UPDATE mailboxes SET active = ?, quota = ?, updated_at = ?, version = ? "
+    "UPDATE mailboxes SET active = ?, quota = ?, "
+    "quota_seq = CASE WHEN quota IS ? THEN quota_seq ELSE ? END, updated_at = ?, version = ? "
     "WHERE id = ? AND version <= ?"
 )
 DELETE_MAILBOX = "DELETE FROM mailboxes WHERE id = ?"
@@ -119,15 +157,29 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
     match env.event:
         case DomainCreated() as e:
             db.execute(UPSERT_DOMAIN, (seq, e.name, e.active, e.outgoing_ip, at, at, seq))
+            effective.recompute_domain(db, seq)
         case DomainUpdated() as e:
             db.execute(UPDATE_DOMAIN, (e.active, e.outgoing_ip, at, seq, e.id, seq))
+            effective.recompute_domain_and_mailboxes(db, e.id)
         case DomainDeleted() as e:
-            db.execute(DELETE_DOMAIN_MAILBOXES, (e.id,))
-            db.execute(DELETE_DOMAIN_ALIASES, (e.id,))
-            db.execute(DELETE_DOMAIN, (e.id,))
+            for sql in (
+                DELETE_DOMAIN_MAILBOX_OVERRIDES,
+                DELETE_EFFECTIVE_DOMAIN_MAILBOXES,
+                DELETE_DOMAIN_OVERRIDES,
+                DELETE_EFFECTIVE_DOMAIN,
+                DELETE_DOMAIN_MAILBOXES,
+                DELETE_DOMAIN_ALIASES,
+                DELETE_DOMAIN,
+            ):
+                db.execute(sql, (e.id,))
+        case DomainOverridesSet() as e:
+            db.execute(PUT_DOMAIN_OVERRIDES, (e.id, _json.encode(e.overrides).decode(), seq, e.id))
+            effective.recompute_domain_and_mailboxes(db, e.id)
         case MailboxCreated() as e:
-            # A mailbox whose domain was deleted concurrently never appears (deterministic).
-            if _domain_is(db, e.domain_id, e.address):
+            reason = _mailbox_refusal(db, seq, e)
+            if reason:
+                db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
+            else:
                 db.execute(
                     UPSERT_MAILBOX,
                     (
@@ -137,25 +189,52 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
                         e.address,
                         e.password_hash,
                         e.quota,
+                        seq if e.quota is not None else 0,
                         e.active,
                         at,
                         at,
                         seq,
                     ),
                 )
+                effective.recompute_mailbox(db, seq)
         case MailboxPasswordChanged() as e:
             db.execute(UPDATE_MAILBOX_PASSWORD, (e.password_hash, at, seq, e.id, seq))
         case MailboxUpdated() as e:
-            db.execute(UPDATE_MAILBOX, (e.active, e.quota, at, seq, e.id, seq))
+            reason = _quota_refusal(db, seq, e)
+            if reason:
+                db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
+            else:
+                db.execute(UPDATE_MAILBOX, (e.active, e.quota, e.quota, seq, at, seq, e.id, seq))
+                effective.recompute_mailbox(db, e.id)
         case MailboxDeleted() as e:
-            db.execute(DELETE_MAILBOX, (e.id,))
+            for sql in (DELETE_MAILBOX_OVERRIDES, DELETE_EFFECTIVE_MAILBOX, DELETE_MAILBOX):
+                db.execute(sql, (e.id,))
+        case MailboxOverridesSet() as e:
+            db.execute(PUT_MAILBOX_OVERRIDES, (e.id, _json.encode(e.overrides).decode(), seq, e.id))
+            effective.recompute_mailbox(db, e.id)
         case AliasCreated() as e:
-            if _domain_is(db, e.domain_id, e.source):
+            reason = _alias_refusal(db, seq, e)
+            if reason:
+                db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
+            else:
                 db.execute(UPSERT_ALIAS, (seq, e.domain_id, e.source, e.destination, at, at, seq))
         case AliasUpdated() as e:
             db.execute(UPDATE_ALIAS, (e.destination, at, seq, e.id, seq))
         case AliasDeleted() as e:
             db.execute(DELETE_ALIAS, (e.id,))
+        case GlobalConfigSet() | DomainDefaultsSet() | MailboxDefaultsSet() as e:
+            name = {
+                GlobalConfigSet: "global",
+                DomainDefaultsSet: "domain_defaults",
+                MailboxDefaultsSet: "mailbox_defaults",
+            }[type(e)]
+            db.execute(PUT_TIER, (name, _json.encode(e.config).decode(), seq, at))
+            effective.invalidate(db)
+            effective.recompute_all(db)
+        case WhitelistEntryAdded() as e:
+            db.execute(UPSERT_WHITELIST, (seq, e.entry_type, e.value, e.note, at, seq))
+        case WhitelistEntryRemoved() as e:
+            db.execute(DELETE_WHITELIST, (e.id,))
         case TokenCreated() as e:
             expires = rfc3339(e.expires_at) if e.expires_at else None
             domains = _json.encode(list(e.domains)).decode()
@@ -192,6 +271,32 @@ def apply_batch(db: sqlite3.Connection, batch: list[tuple[int, str, Envelope]]) 
         db.execute("ROLLBACK")
         raise
     return max(last, done)
+
+
+def _mailbox_refusal(db: sqlite3.Connection, seq: int, e: MailboxCreated) -> str:
+    """Why this creation does not take effect (domain gone, a cap reached); "" if it does."""
+    if db.execute(MAILBOX_EXISTS, (seq,)).fetchone():
+        return ""  # applied before: re-applying must not count itself against the caps
+    if not _domain_is(db, e.domain_id, e.address):
+        return "the domain no longer exists"
+    usage = effective.usage(db, e.domain_id)
+    return limits.mailbox_refusal(usage, effective.mailbox_quota_for(db, e.quota))
+
+
+def _quota_refusal(db: sqlite3.Connection, seq: int, e: MailboxUpdated) -> str:
+    row = db.execute(MAILBOX_QUOTA, (e.id,)).fetchone()
+    if row is None or row[3] >= seq or row[1] == e.quota:
+        return ""
+    usage = effective.usage(db, row[0])
+    return limits.mailbox_refusal(usage, effective.mailbox_quota_for(db, e.quota), row[2])
+
+
+def _alias_refusal(db: sqlite3.Connection, seq: int, e: AliasCreated) -> str:
+    if db.execute(ALIAS_EXISTS, (seq,)).fetchone():
+        return ""
+    if not _domain_is(db, e.domain_id, e.source):
+        return "the domain no longer exists"
+    return limits.alias_refusal(effective.usage(db, e.domain_id))
 
 
 def _domain_is(db: sqlite3.Connection, domain_id: int, address: str) -> bool:

@@ -13,7 +13,7 @@ Row = tuple[Any, ...]
 
 COLUMNS = {
     "domains": "id, name, active, outgoing_ip, created_at",
-    "mailboxes": "id, domain_id, username, quota, active, created_at",
+    "mailboxes": "id, domain_id, username, quota_effective, active, created_at",
     "aliases": "id, domain_id, source, destination, created_at",
     "tokens": "id, name, scope, domains, hint, created_at, expires_at",
 }
@@ -90,3 +90,32 @@ async def one(db: aiosqlite.Connection, table: str, row_id: int) -> Row | None:
 async def domain_name(db: aiosqlite.Connection, domain_id: int) -> str | None:
     rows = list(await db.execute_fetchall(DOMAIN_NAME, (domain_id,)))
     return str(rows[0][0]) if rows else None
+
+
+LIST_WHITELIST = (
+    "SELECT id, entry_type, value, note, created_at, count(*) OVER () FROM whitelist "
+    "ORDER BY id LIMIT ? OFFSET ?"
+)
+COUNT_WHITELIST = "SELECT count(*) FROM whitelist"
+LISTS[("whitelist", False, False)] = (LIST_WHITELIST, COUNT_WHITELIST)
+GET_TIER = "SELECT data, updated_at FROM config_tiers WHERE name = ?"
+EFFECTIVE = {
+    "domain": "SELECT data, explain FROM effective_domains WHERE domain_id = ?",
+    "mailbox": "SELECT data, explain FROM effective_mailboxes WHERE mailbox_id = ?",
+}
+OVERRIDES = {
+    "domain": "SELECT data FROM domain_overrides WHERE domain_id = ?",
+    "mailbox": "SELECT data FROM mailbox_overrides WHERE mailbox_id = ?",
+}
+EVENTS_AT = "SELECT seq, at, actor FROM events WHERE seq IN (SELECT value FROM json_each(?))"
+
+
+async def first(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> Row | None:
+    rows = list(await db.execute_fetchall(sql, args))
+    return tuple(rows[0]) if rows else None
+
+
+async def events_at(db: aiosqlite.Connection, seqs: list[int]) -> dict[int, tuple[str, str]]:
+    """(time, actor) of each event sequence."""
+    rows = await db.execute_fetchall(EVENTS_AT, (msgspec.json.encode(seqs).decode(),))
+    return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}

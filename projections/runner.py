@@ -6,8 +6,8 @@ A decode failure stops the projector loudly; it never skips an event.
 import asyncio
 import logging
 import sqlite3
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec

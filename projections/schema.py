@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS events (
     source_ip TEXT NOT NULL,
     request_id TEXT NOT NULL,
     command_id TEXT NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    outcome TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_command ON events(command_id);
 CREATE TABLE IF NOT EXISTS domains (
@@ -47,6 +48,8 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     address TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
     quota INTEGER,
+    quota_effective INTEGER NOT NULL DEFAULT 0,
+    quota_seq INTEGER NOT NULL DEFAULT 0,
     active INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
@@ -76,6 +79,43 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at TEXT,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS config_tiers (
+    name TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS domain_overrides (
+    domain_id INTEGER PRIMARY KEY,
+    data TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mailbox_overrides (
+    mailbox_id INTEGER PRIMARY KEY,
+    data TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS effective_domains (
+    domain_id INTEGER PRIMARY KEY,
+    data TEXT NOT NULL,
+    explain TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS effective_mailboxes (
+    mailbox_id INTEGER PRIMARY KEY,
+    domain_id INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    explain TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS effective_mailboxes_domain ON effective_mailboxes(domain_id);
+CREATE TABLE IF NOT EXISTS whitelist (
+    id INTEGER PRIMARY KEY,
+    entry_type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    note TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    UNIQUE (entry_type, value)
+);
 CREATE TABLE IF NOT EXISTS security_settings (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     data TEXT NOT NULL,
@@ -94,4 +134,10 @@ READ_MODEL_TABLES = (
     "aliases",
     "tokens",
     "security_settings",
+    "config_tiers",
+    "domain_overrides",
+    "mailbox_overrides",
+    "effective_domains",
+    "effective_mailboxes",
+    "whitelist",
 )

@@ -14,8 +14,12 @@ async def test_create_answers_201_with_the_mailbox(client):
     assert "password" not in body
 
 
-async def test_omitted_quota_reads_as_zero(client):
-    assert (await mailbox(client, await domain(client)))["quota"] == 0
+async def test_omitted_quota_reads_as_the_default_quota(client):
+    assert (await mailbox(client, await domain(client)))["quota"] == 1073741824
+
+
+async def test_explicit_zero_quota_means_unlimited(client):
+    assert (await mailbox(client, await domain(client), quota=0))["quota"] == 0
 
 
 async def test_username_with_matching_domain_is_accepted(client):
