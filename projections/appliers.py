@@ -47,8 +47,9 @@ SET_SUBJECT = (
     "INSERT INTO subjects (subject, last_seq) VALUES (?, ?) "
     "ON CONFLICT(subject) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
 )
+PRIOR_OUTCOME = "SELECT outcome FROM events WHERE seq = ?"
 INSERT_EVENT = (
-    "INSERT OR REPLACE INTO events (seq, subject, type, at, actor, actor_id, source_ip, "
+    "INSERT OR IGNORE INTO events (seq, subject, type, at, actor, actor_id, source_ip, "
     "request_id, command_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_DOMAIN = (
@@ -69,8 +70,6 @@ UPSERT_MAILBOX = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 MAILBOX_QUOTA = "SELECT domain_id, quota, quota_effective, version FROM mailboxes WHERE id = ?"
-MAILBOX_EXISTS = "SELECT 1 FROM mailboxes WHERE id = ?"
-ALIAS_EXISTS = "SELECT 1 FROM aliases WHERE id = ?"
 SET_OUTCOME = "UPDATE events SET outcome = ? WHERE seq = ?"
 PUT_TIER = "INSERT OR REPLACE INTO config_tiers (name, data, seq, updated_at) VALUES (?, ?, ?, ?)"
 PUT_DOMAIN_OVERRIDES = (
@@ -95,6 +94,10 @@ UPSERT_WHITELIST = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 DELETE_WHITELIST = "DELETE FROM whitelist WHERE id = ?"
+# Every event on an aggregate's subject moves its row's version (its ETag and the expected
+# sequence of the next append), overrides included.
+BUMP_DOMAIN = "UPDATE domains SET version = ? WHERE id = ? AND version <= ?"
+BUMP_MAILBOX = "UPDATE mailboxes SET version = ? WHERE id = ? AND version <= ?"
 UPDATE_MAILBOX_PASSWORD = (
     "UPDATE mailboxes SET password_hash = ?, updated_at = ?, version = ? "
     "WHERE id = ? AND version <= ?"
@@ -138,6 +141,9 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
     """Apply one event (and its index row and subject version); safe to repeat."""
     meta = env.meta
     at = rfc3339(meta.at)
+    # An event applied before keeps the decision it got then (accepted or rejected).
+    prior_row = db.execute(PRIOR_OUTCOME, (seq,)).fetchone()
+    prior: str | None = None if prior_row is None else str(prior_row[0])
     db.execute(SET_SUBJECT, (subject, seq))
     db.execute(
         INSERT_EVENT,
@@ -174,9 +180,10 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
                 db.execute(sql, (e.id,))
         case DomainOverridesSet() as e:
             db.execute(PUT_DOMAIN_OVERRIDES, (e.id, _json.encode(e.overrides).decode(), seq, e.id))
+            db.execute(BUMP_DOMAIN, (seq, e.id, seq))
             effective.recompute_domain_and_mailboxes(db, e.id)
         case MailboxCreated() as e:
-            reason = _mailbox_refusal(db, seq, e)
+            reason = _decided(prior) if prior is not None else _mailbox_refusal(db, e)
             if reason:
                 db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
             else:
@@ -200,9 +207,10 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
         case MailboxPasswordChanged() as e:
             db.execute(UPDATE_MAILBOX_PASSWORD, (e.password_hash, at, seq, e.id, seq))
         case MailboxUpdated() as e:
-            reason = _quota_refusal(db, seq, e)
+            reason = _decided(prior) if prior is not None else _quota_refusal(db, e)
             if reason:
                 db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
+                db.execute(BUMP_MAILBOX, (seq, e.id, seq))
             else:
                 db.execute(UPDATE_MAILBOX, (e.active, e.quota, e.quota, seq, at, seq, e.id, seq))
                 effective.recompute_mailbox(db, e.id)
@@ -211,9 +219,10 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
                 db.execute(sql, (e.id,))
         case MailboxOverridesSet() as e:
             db.execute(PUT_MAILBOX_OVERRIDES, (e.id, _json.encode(e.overrides).decode(), seq, e.id))
+            db.execute(BUMP_MAILBOX, (seq, e.id, seq))
             effective.recompute_mailbox(db, e.id)
         case AliasCreated() as e:
-            reason = _alias_refusal(db, seq, e)
+            reason = _decided(prior) if prior is not None else _alias_refusal(db, e)
             if reason:
                 db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
             else:
@@ -273,27 +282,27 @@ def apply_batch(db: sqlite3.Connection, batch: list[tuple[int, str, Envelope]]) 
     return max(last, done)
 
 
-def _mailbox_refusal(db: sqlite3.Connection, seq: int, e: MailboxCreated) -> str:
+def _decided(prior: str) -> str:
+    return prior.removeprefix("rejected: ") if prior.startswith("rejected: ") else ""
+
+
+def _mailbox_refusal(db: sqlite3.Connection, e: MailboxCreated) -> str:
     """Why this creation does not take effect (domain gone, a cap reached); "" if it does."""
-    if db.execute(MAILBOX_EXISTS, (seq,)).fetchone():
-        return ""  # applied before: re-applying must not count itself against the caps
     if not _domain_is(db, e.domain_id, e.address):
         return "the domain no longer exists"
     usage = effective.usage(db, e.domain_id)
     return limits.mailbox_refusal(usage, effective.mailbox_quota_for(db, e.quota))
 
 
-def _quota_refusal(db: sqlite3.Connection, seq: int, e: MailboxUpdated) -> str:
+def _quota_refusal(db: sqlite3.Connection, e: MailboxUpdated) -> str:
     row = db.execute(MAILBOX_QUOTA, (e.id,)).fetchone()
-    if row is None or row[3] >= seq or row[1] == e.quota:
+    if row is None or row[1] == e.quota:
         return ""
     usage = effective.usage(db, row[0])
     return limits.mailbox_refusal(usage, effective.mailbox_quota_for(db, e.quota), row[2])
 
 
-def _alias_refusal(db: sqlite3.Connection, seq: int, e: AliasCreated) -> str:
-    if db.execute(ALIAS_EXISTS, (seq,)).fetchone():
-        return ""
+def _alias_refusal(db: sqlite3.Connection, e: AliasCreated) -> str:
     if not _domain_is(db, e.domain_id, e.source):
         return "the domain no longer exists"
     return limits.alias_refusal(effective.usage(db, e.domain_id))

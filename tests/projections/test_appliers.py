@@ -6,20 +6,34 @@ from pathlib import Path
 
 import pytest
 
+from core.config import (
+    DomainDefaults,
+    DomainOverrides,
+    GlobalConfig,
+    MailboxDefaults,
+    MailboxOverrides,
+)
 from core.events import (
     AliasCreated,
     AliasDeleted,
     AliasUpdated,
     DomainCreated,
+    DomainDefaultsSet,
     DomainDeleted,
+    DomainOverridesSet,
     DomainUpdated,
     Envelope,
     Event,
+    GlobalConfigSet,
     MailboxCreated,
+    MailboxDefaultsSet,
     MailboxDeleted,
+    MailboxOverridesSet,
     MailboxPasswordChanged,
     MailboxUpdated,
     Meta,
+    WhitelistEntryAdded,
+    WhitelistEntryRemoved,
 )
 from core.subjects import address_subject, domain_subject
 from projections.appliers import apply, apply_batch
@@ -47,12 +61,33 @@ HISTORY: list[Event] = [
     MailboxCreated(domain_id=13, username="c", address="c@gone.net", password_hash=H),
     AliasCreated(domain_id=13, source="x@gone.net", destination="c@gone.net"),  # 15
     DomainDeleted(id=13, name="gone.net"),
+    GlobalConfigSet(config=GlobalConfig(message_size_limit=1000)),  # 17
+    DomainOverridesSet(id=1, name="example.com", overrides=DomainOverrides(max_mailboxes=1)),
+    MailboxOverridesSet(
+        id=2,
+        address="alice@example.com",  # 19
+        overrides=MailboxOverrides(spam_action="reject"),
+    ),
+    MailboxDefaultsSet(config=MailboxDefaults(quota_bytes=77)),
+    MailboxCreated(
+        domain_id=1,
+        username="over",
+        address="over@example.com",  # 21: over cap
+        password_hash=H,
+    ),
+    WhitelistEntryAdded(entry_type="ip", value="192.0.2.9", note="monitor"),
+    WhitelistEntryRemoved(id=22, entry_type="ip", value="192.0.2.9"),  # 23
+    DomainDefaultsSet(config=DomainDefaults(spam_threshold=3.0)),
 ]
 
 
 def subject_of(event: Event) -> str:
-    if isinstance(event, DomainCreated | DomainUpdated | DomainDeleted):
+    if isinstance(event, DomainCreated | DomainUpdated | DomainDeleted | DomainOverridesSet):
         return domain_subject(event.name)
+    if isinstance(event, GlobalConfigSet | DomainDefaultsSet | MailboxDefaultsSet):
+        return "mp.config.x"
+    if isinstance(event, WhitelistEntryAdded | WhitelistEntryRemoved):
+        return "mp.whitelist.x"
     if isinstance(event, AliasCreated | AliasUpdated | AliasDeleted):
         return address_subject(event.source)
     return address_subject(event.address)
@@ -116,7 +151,7 @@ def test_rows_carry_the_last_change(db: sqlite3.Connection):
     row = db.execute(
         "SELECT active, quota, password_hash, version FROM mailboxes WHERE id = 2"
     ).fetchone()
-    assert row == (0, 1024, H + "2", 6)
+    assert row == (0, 1024, H + "2", 19)  # its overrides (seq 19) moved the version last
 
 
 def test_mailbox_of_a_deleted_domain_never_appears(db: sqlite3.Connection):
@@ -141,3 +176,43 @@ def test_every_event_is_indexed_with_its_actor(db: sqlite3.Connection):
     rows = db.execute("SELECT seq, type, actor FROM events ORDER BY seq").fetchall()
     assert [r[0] for r in rows] == list(range(1, len(HISTORY) + 1))
     assert rows[0][1:] == ("domain.created", "tester")
+
+
+def test_creation_over_a_cap_is_recorded_as_rejected(db: sqlite3.Connection):
+    apply_batch(db, batch(HISTORY))
+    assert (
+        db.execute("SELECT count(*) FROM mailboxes WHERE address = 'over@example.com'").fetchone()[
+            0
+        ]
+        == 0
+    )
+    outcome = db.execute("SELECT outcome FROM events WHERE seq = 21").fetchone()[0]
+    assert outcome.startswith("rejected: ") and "maximum of 1 mailboxes" in outcome
+
+
+def test_effective_rows_follow_every_tier(db: sqlite3.Connection):
+    import json
+
+    apply_batch(db, batch(HISTORY))
+    domain = json.loads(
+        db.execute("SELECT data FROM effective_domains WHERE domain_id = 1").fetchone()[0]
+    )
+    box = json.loads(
+        db.execute("SELECT data FROM effective_mailboxes WHERE mailbox_id = 2").fetchone()[0]
+    )
+    assert (domain["max_mailboxes"], domain["message_size_limit"], domain["spam_threshold"]) == (
+        1,
+        1000,
+        3.0,
+    )
+    assert (box["spam_action"], box["message_size_limit"], box["domain_active"]) == (
+        "reject",
+        1000,
+        False,
+    )
+    assert box["quota_bytes"] == 1024  # its own quota, set by mailbox.updated
+
+
+def test_whitelist_entry_is_gone_after_removal(db: sqlite3.Connection):
+    apply_batch(db, batch(HISTORY))
+    assert db.execute("SELECT count(*) FROM whitelist").fetchone()[0] == 0
