@@ -20,9 +20,15 @@ from core.config import (
     validate,
 )
 from core.errors import ValidationFailed
-from core.tiers import OverridesState, SetOverrides, SetTier, TierState, decide_overrides
-from core.tiers import decide_tier
 from core.events import DomainOverridesSet, GlobalConfigSet
+from core.tiers import (
+    OverridesState,
+    SetOverrides,
+    SetTier,
+    TierState,
+    decide_overrides,
+    decide_tier,
+)
 
 sizes = st.integers(min_value=0, max_value=2**40)
 maybe_size = st.none() | sizes
@@ -75,7 +81,7 @@ def narrowest(field: str, *tiers: object) -> object:
 
 @given(globals_, domain_defaults, domain_overrides)
 def test_domain_value_is_the_narrowest_non_null(glob, dd, do):
-    values, sources = resolve_domain((glob, 1), (dd, 2), (do, 3))
+    values, _sources = resolve_domain((glob, 1), (dd, 2), (do, 3))
     for field in DOMAIN_FIELDS:
         assert values[field] == narrowest(field, do, dd, glob)
     assert values["message_size_limit"] is not None
@@ -91,7 +97,7 @@ def test_domain_value_is_the_narrowest_non_null(glob, dd, do):
 )
 def test_mailbox_value_is_the_narrowest_non_null(glob, dd, do, md, mo, own_quota):
     domain = resolve_domain((glob, 1), (dd, 2), (do, 3))
-    values, sources = resolve_mailbox(domain, (md, 4), (mo, 5), (own_quota, 6))
+    values, _sources = resolve_mailbox(domain, (md, 4), (mo, 5), (own_quota, 6))
     for field in MAILBOX_FIELDS:
         expected = narrowest(field, mo, md)
         if expected is None and field in CASCADED:
