@@ -127,10 +127,12 @@ class EventLog:
             except Exception:  # pragma: no cover - best effort on shutdown
                 await self.nc.close()
 
-    async def append(self, subject: str, env: Envelope, expected: int, msg_id: str) -> int:
-        """Append one envelope if the subject is still at `expected`; returns its sequence.
+    async def append(
+        self, subject: str, env: Envelope, expected: int, msg_id: str
+    ) -> tuple[int, bool]:
+        """Append one envelope if the subject is still at `expected`: (its sequence, False).
 
-        A retry with the same msg_id is answered with the first write's sequence, also when the
+        A retry with the same msg_id is answered (first write's sequence, True), also when the
         expected sequence has gone stale meanwhile (JetStream answers 10071 then).
         """
         headers = {
@@ -144,7 +146,7 @@ class EventLog:
                 raise
             last = await self._last_on(subject)
             if last is not None and last[1] == msg_id:
-                return last[0]
+                return last[0], True
             match = _WRONG_SEQ.search(exc.description or "")
             actual = int(match.group(1)) if match else (last[0] if last else 0)
             raise WrongSequence(actual) from None
@@ -159,7 +161,7 @@ class EventLog:
             TimeoutError,
         ) as exc:
             raise Unavailable(f"event log unavailable: {type(exc).__name__}") from exc
-        return int(ack.seq)
+        return int(ack.seq), bool(ack.duplicate)
 
     async def _last_on(self, subject: str) -> tuple[int, str] | None:
         try:

@@ -1,5 +1,14 @@
 """Normalising user input before it reaches a decider: IDNA 2008 domain names and RFC 5321
-addresses, through the `idna` and `email-validator` libraries rather than hand-written parsers."""
+addresses, through the `idna` and `email-validator` libraries rather than hand-written parsers.
+
+The common case, a lowercase ASCII dot-atom at an ASCII domain, is recognised by the grammar's
+own regular expressions first (about 1 µs against about 100 µs for the libraries); anything else
+goes through the libraries, which also word the error. Domains are always checked by our own
+DNS-name rule, so an address can use any domain that can be created (e.g. `.test`, `.local`,
+which email-validator refuses as special-use names).
+"""
+
+import re
 
 import idna
 from email_validator import EmailNotValidError, validate_email
@@ -7,12 +16,20 @@ from email_validator import EmailNotValidError, validate_email
 from core.errors import ValidationFailed
 from core.validation import check_domain_name
 
+# RFC 5322 dot-atom (lowercase), and a plain ASCII host name without IDNA labels.
+_DOT_ATOM = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_ASCII_NAME = re.compile(r"[a-z0-9.-]+")
+_PLACEHOLDER_DOMAIN = "example.com"
+
 
 def domain_name(raw: str, field: str = "name") -> str:
     """Lowercase ASCII (A-label) form of a DNS name; a trailing dot is dropped."""
     name = raw.strip().rstrip(".")
     if not name:
         raise ValidationFailed(field, f"{field} is required")
+    lowered = name.lower()
+    if _ASCII_NAME.fullmatch(lowered) and "xn--" not in lowered:
+        return check_domain_name(lowered, field)
     try:
         ascii_name = idna.encode(name, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError) as exc:
@@ -25,21 +42,25 @@ def domain_name(raw: str, field: str = "name") -> str:
 def address(raw: str, field: str) -> str:
     """One RFC 5321 mailbox address, lowercased, domain in A-label form."""
     value = raw.strip()
-    try:
-        info = validate_email(
-            value,
-            check_deliverability=False,
-            globally_deliverable=False,
-            allow_smtputf8=False,
-            allow_quoted_local=False,
-            allow_domain_literal=False,
-        )
-    except EmailNotValidError as exc:
-        raise ValidationFailed(
-            field, f"{field} is not a valid address: {value!r}", str(exc)
-        ) from None
-    local = info.local_part.lower()
-    return f"{local}@{domain_name(info.ascii_domain or info.domain, field)}"
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain:
+        raise ValidationFailed(field, f"{field} is not a valid address: {value!r}")
+    local = local.lower()
+    if len(local) > 64 or not _DOT_ATOM.fullmatch(local):
+        try:  # the local part alone, at a placeholder domain: ours is checked below
+            info = validate_email(
+                f"{local}@{_PLACEHOLDER_DOMAIN}",
+                check_deliverability=False,
+                allow_smtputf8=False,
+                allow_quoted_local=False,
+                allow_domain_literal=False,
+            )
+        except EmailNotValidError as exc:
+            raise ValidationFailed(
+                field, f"{field} is not a valid address: {value!r}", str(exc)
+            ) from None
+        local = info.local_part.lower()
+    return f"{local}@{domain_name(domain, field)}"
 
 
 def address_list(raw: str, field: str = "destination") -> tuple[str, ...]:

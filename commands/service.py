@@ -37,13 +37,14 @@ from core.events import (
     Meta,
     decode,
 )
+from core.mailbox import DomainRef
 
 MAX_ATTEMPTS = 8
 LEAST_USED_IP = (
     "SELECT outgoing_ip, count(*) FROM domains WHERE outgoing_ip IN ({}) GROUP BY outgoing_ip"
 )
 EVENT_BY_COMMAND = "SELECT seq, data FROM events WHERE command_id = ? ORDER BY seq LIMIT 1"
-OUTCOME = "SELECT outcome FROM events WHERE seq = ?"
+EVENT_AT = "SELECT data FROM events WHERE seq = ?"
 # Events the projector may leave without effect (a cap reached, the domain deleted meanwhile).
 REJECTABLE = (MailboxCreated, MailboxUpdated, AliasCreated)
 
@@ -52,6 +53,8 @@ S = TypeVar("S")
 
 class Waiter(Protocol):
     async def wait_for(self, seq: int, timeout: float = 5.0) -> bool: ...
+
+    def rejection(self, seq: int) -> str: ...
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,13 +139,17 @@ class Commands:
             env = Envelope(meta=self._meta(ctx, command_id, now), event=events[0])
             log = self._log()
             try:
-                seq = await log.append(loaded.subject, env, loaded.version, command_id)
+                seq, duplicate = await log.append(loaded.subject, env, loaded.version, command_id)
             except WrongSequence as exc:
                 if ctx.if_match is not None:
                     raise Conflict("resource has changed", "a concurrent change won") from None
                 await self.waiter.wait_for(exc.actual, self.wait_s)
                 continue
             await self.wait(seq)
+            if duplicate:  # an earlier attempt of this very command was stored: answer with it
+                earlier = await self._stored(seq)
+                if earlier is not None:
+                    return earlier
             if isinstance(events[0], REJECTABLE):
                 await self._check_outcome(seq)
             return Result(seq=seq, event=events[0], at=now)
@@ -150,14 +157,12 @@ class Commands:
 
     async def _check_outcome(self, seq: int) -> None:
         """A concurrent request may have taken the last slot: the projector, which applies the
-        log in order, is the arbiter, and says so in the event's outcome."""
-        async with self.db.execute(OUTCOME, (seq,)) as cur:
-            row = await cur.fetchone()
-        outcome = str(row[0]) if row else ""
-        if outcome.startswith("rejected: the domain no longer exists"):
+        log in order, is the arbiter, and remembers what it left without effect."""
+        reason = self.waiter.rejection(seq)
+        if reason == "the domain no longer exists":
             raise NotFound("domain not found", "the domain was deleted meanwhile")
-        if outcome.startswith("rejected: "):
-            raise LimitExceeded("domain limit exceeded", outcome.removeprefix("rejected: "))
+        if reason:
+            raise LimitExceeded("domain limit exceeded", reason)
 
     async def wait(self, seq: int) -> None:
         if not await self.waiter.wait_for(seq, self.wait_s):
@@ -191,10 +196,17 @@ class Commands:
         """The result of an earlier command with the same Idempotency-Key, if any."""
         async with self.db.execute(EVENT_BY_COMMAND, (command_id,)) as cur:
             row = await cur.fetchone()
-        if row is None:
-            return None
-        env = decode(str(row[1]).encode())
-        return Result(seq=int(row[0]), event=env.event, at=env.meta.at, replayed=True)
+        return None if row is None else self._replayed(int(row[0]), str(row[1]))
+
+    async def _stored(self, seq: int) -> Result | None:
+        async with self.db.execute(EVENT_AT, (seq,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else self._replayed(seq, str(row[0]))
+
+    @staticmethod
+    def _replayed(seq: int, data: str) -> Result:
+        env = decode(data.encode())
+        return Result(seq=seq, event=env.event, at=env.meta.at, replayed=True)
 
     # ---- domains -----------------------------------------------------------------------
 
@@ -322,26 +334,27 @@ class Commands:
         src = normalize.alias_source(source)
         dests = normalize.address_list(destination)
         domain_name = src.rpartition("@")[2]
+        domain = DomainRef()
 
         async def load() -> state.Loaded[alias_agg.AliasState]:
-            return await state.address(self.db, src, self.prefix)
-
-        domain = await state.domain_ref_by_name(self.db, domain_name)
-        if domain.id is None:
-            raise ValidationFailed(
-                "source", f"source domain {domain_name} is not managed by this server"
+            """Domain, address, subject sequence and alias cap in one statement (hot path)."""
+            nonlocal domain
+            domain, loaded, refusal = await state.alias_create(
+                self.db, src, domain_name, self.prefix
             )
-        cmd = alias_agg.CreateAlias(domain=domain, source=src, destinations=dests)
-        domain_id = domain.id
-
-        async def load_checked() -> state.Loaded[alias_agg.AliasState]:
-            loaded = await load()
-            usage = await state.domain_usage(self.db, domain_id)
-            if usage is not None and not loaded.state.at.kind:
-                limits.check(limits.alias_refusal(usage))
+            if domain.id is None:
+                raise ValidationFailed(
+                    "source", f"source domain {domain_name} is not managed by this server"
+                )
+            if not loaded.state.at.kind:
+                limits.check(refusal)
             return loaded
 
-        return await self._run(ctx, load_checked, lambda s: alias_agg.decide(cmd, s))
+        def decide(s: alias_agg.AliasState) -> list[Event]:
+            cmd = alias_agg.CreateAlias(domain=domain, source=src, destinations=dests)
+            return alias_agg.decide(cmd, s)
+
+        return await self._run(ctx, load, decide)
 
     async def update_alias(self, ctx: Context, alias_id: int, destination: str) -> Result:
         cmd = alias_agg.UpdateAlias(id=alias_id, destinations=normalize.address_list(destination))

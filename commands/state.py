@@ -1,6 +1,10 @@
 """Decision state from the read model, with the aggregate's last subject sequence.
 
-A stale read is harmless: the append then fails on the expected sequence and is retried.
+A stale read is harmless: the append then fails on the expected sequence and is retried. What
+must never happen is a state OLDER than the sequence read with it (an absent row read before the
+creating event was applied, then that event's sequence): the append would pass and the aggregate
+would be created twice. So a lookup by natural key reads the row and the subject's sequence in
+ONE statement (one snapshot); a lookup by id reads the row's own version in the same row.
 """
 
 from typing import Any, Generic, TypeVar
@@ -34,13 +38,21 @@ from core.subjects import (
 from core.tiers import OverridesState, TierState
 from core.token import TokenState
 from core.whitelist import EntryState
+from projections.effective import USAGE, usage_from
 
-SUBJECT_SEQ = "SELECT last_seq FROM subjects WHERE subject = ?"
+
+def at_subject(sql: str) -> str:
+    """`sql` (at most one row) with the subject's last sequence in front, in one statement;
+    the first parameter is the subject."""
+    return (
+        "SELECT (SELECT last_seq FROM subjects WHERE subject = ?), q.* "
+        f"FROM (SELECT 1) LEFT JOIN ({sql}) q ON 1"
+    )
+
+
 DOMAIN_BY_NAME = "SELECT id, name, active, outgoing_ip, version FROM domains WHERE name = ?"
 DOMAIN_BY_ID = "SELECT id, name, active, outgoing_ip, version FROM domains WHERE id = ?"
-MAILBOX_AT = "SELECT id, address, active, quota, version FROM mailboxes WHERE address = ?"
 MAILBOX_BY_ID = "SELECT id, address, active, quota, version FROM mailboxes WHERE id = ?"
-ALIAS_AT = "SELECT id, source, destination, version FROM aliases WHERE source = ?"
 ALIAS_BY_ID = "SELECT id, source, destination, version FROM aliases WHERE id = ?"
 
 
@@ -64,11 +76,6 @@ async def _one(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> tup
     return tuple(row) if row is not None else None
 
 
-async def _subject_seq(db: aiosqlite.Connection, subject: str) -> int:
-    row = await _one(db, SUBJECT_SEQ, (subject,))
-    return int(row[0]) if row else 0
-
-
 def _domain(row: tuple[Any, ...]) -> DomainState:
     return DomainState(
         id=int(row[0]),
@@ -78,12 +85,22 @@ def _domain(row: tuple[Any, ...]) -> DomainState:
     )
 
 
+DOMAIN_AT = at_subject(DOMAIN_BY_NAME)
+
+
+async def _keyed(
+    db: aiosqlite.Connection, sql: str, subject: str, args: tuple[Any, ...]
+) -> tuple[int, tuple[Any, ...] | None]:
+    """(subject sequence, the row or None) from one `at_subject` statement."""
+    row = await _one(db, sql, (subject, *args))
+    assert row is not None
+    return int(row[0] or 0), (None if row[1] is None else row[1:])
+
+
 async def domain_by_name(db: aiosqlite.Connection, name: str, prefix: str) -> Loaded[DomainState]:
     subject = domain_subject(name, prefix)
-    row = await _one(db, DOMAIN_BY_NAME, (name,))
-    if row is None:
-        return Loaded(DomainState(), subject, await _subject_seq(db, subject))
-    return Loaded(_domain(row), subject, int(row[4]))
+    seq, row = await _keyed(db, DOMAIN_AT, subject, (name,))
+    return Loaded(DomainState() if row is None else _domain(row), subject, seq)
 
 
 async def domain_by_id(
@@ -106,16 +123,24 @@ async def domain_ref_by_name(db: aiosqlite.Connection, name: str) -> DomainRef:
     return DomainRef() if row is None else DomainRef(id=int(row[0]), name=name)
 
 
+ADDRESS_AT = (
+    "SELECT (SELECT last_seq FROM subjects WHERE subject = ?), "
+    "m.id, m.address, m.active, m.quota, m.version, a.id, a.source, a.destination, a.version "
+    "FROM (SELECT 1) LEFT JOIN mailboxes m ON m.address = ? LEFT JOIN aliases a ON a.source = ?"
+)
+
+
 async def address(db: aiosqlite.Connection, addr: str, prefix: str) -> Loaded[AliasState]:
     """Whatever is at an address: a mailbox, an alias, or nothing (with the subject's seq)."""
     subject = address_subject(addr, prefix)
-    mbox = await _one(db, MAILBOX_AT, (addr,))
-    if mbox is not None:
-        return Loaded(AliasState(at=_mailbox(mbox)), subject, int(mbox[4]))
-    alias = await _one(db, ALIAS_AT, (addr,))
-    if alias is not None:
-        return Loaded(_alias(alias), subject, int(alias[3]))
-    return Loaded(AliasState(), subject, await _subject_seq(db, subject))
+    row = await _one(db, ADDRESS_AT, (subject, addr, addr))
+    assert row is not None
+    seq = int(row[0] or 0)
+    if row[1] is not None:
+        return Loaded(AliasState(at=_mailbox(row[1:6])), subject, seq)
+    if row[6] is not None:
+        return Loaded(_alias(row[6:10]), subject, seq)
+    return Loaded(AliasState(), subject, seq)
 
 
 def _mailbox(row: tuple[Any, ...]) -> AddressState:
@@ -159,12 +184,15 @@ TOKEN_BY_ID = "SELECT id, name, version FROM tokens WHERE id = ? AND revoked_at 
 SECURITY = "SELECT data, version FROM security_settings WHERE id = 1"
 
 
+TOKEN_AT = at_subject(TOKEN_BY_NAME)
+SECURITY_AT = at_subject(SECURITY)
+
+
 async def token_by_name(db: aiosqlite.Connection, name: str, prefix: str) -> Loaded[TokenState]:
     subject = token_subject(name, prefix)
-    row = await _one(db, TOKEN_BY_NAME, (name,))
-    if row is None:
-        return Loaded(TokenState(), subject, await _subject_seq(db, subject))
-    return Loaded(TokenState(id=int(row[0]), name=str(row[1])), subject, int(row[2]))
+    seq, row = await _keyed(db, TOKEN_AT, subject, (name,))
+    state = TokenState() if row is None else TokenState(id=int(row[0]), name=str(row[1]))
+    return Loaded(state, subject, seq)
 
 
 async def token_by_id(db: aiosqlite.Connection, token_id: int, prefix: str) -> Loaded[TokenState]:
@@ -179,12 +207,12 @@ async def security(
     db: aiosqlite.Connection, defaults: SecuritySettings, prefix: str
 ) -> Loaded[SecuritySettings]:
     """The stored settings, or the defaults (from the environment) before any change."""
-    row = await _one(db, SECURITY, ())
+    subject = security_subject(prefix)
+    seq, row = await _keyed(db, SECURITY_AT, subject, ())
     if row is None:
-        subject = security_subject(prefix)
-        return Loaded(defaults, subject, await _subject_seq(db, subject))
+        return Loaded(defaults, subject, seq)
     event = msgspec.json.decode(str(row[0]).encode(), type=SecuritySettingsChanged)
-    return Loaded(from_event(event), security_subject(prefix), int(row[1]))
+    return Loaded(from_event(event), subject, seq)
 
 
 TIER_ROW = "SELECT data, seq FROM config_tiers WHERE name = ?"
@@ -194,12 +222,6 @@ WHITELIST_AT = (
     "SELECT id, entry_type, value, version FROM whitelist WHERE entry_type = ? AND value = ?"
 )
 WHITELIST_BY_ID = "SELECT id, entry_type, value, version FROM whitelist WHERE id = ?"
-EFFECTIVE_DOMAIN = "SELECT data FROM effective_domains WHERE domain_id = ?"
-DOMAIN_COUNTS = (
-    "SELECT (SELECT count(*) FROM mailboxes WHERE domain_id = ?), "
-    "(SELECT count(*) FROM aliases WHERE domain_id = ?), "
-    "(SELECT coalesce(sum(quota_effective), 0) FROM mailboxes WHERE domain_id = ?)"
-)
 
 TIER_TYPES: dict[str, type[Tier]] = {
     "global": GlobalConfig,
@@ -208,14 +230,16 @@ TIER_TYPES: dict[str, type[Tier]] = {
 }
 
 
+TIER_AT = at_subject(TIER_ROW)
+WHITELIST_ENTRY_AT = at_subject(WHITELIST_AT)
+
+
 async def tier(db: aiosqlite.Connection, name: str, prefix: str) -> Loaded[TierState]:
     subject = config_subject(name, prefix)
-    row = await _one(db, TIER_ROW, (name,))
+    seq, row = await _keyed(db, TIER_AT, subject, (name,))
     kind = TIER_TYPES[name]
-    if row is None:
-        return Loaded(TierState(current=kind()), subject, await _subject_seq(db, subject))
-    current = msgspec.json.decode(str(row[0]).encode(), type=kind)
-    return Loaded(TierState(current=current), subject, await _subject_seq(db, subject))
+    current = kind() if row is None else msgspec.json.decode(str(row[0]).encode(), type=kind)
+    return Loaded(TierState(current=current), subject, seq)
 
 
 async def domain_overrides(
@@ -250,10 +274,10 @@ async def whitelist_at(
     db: aiosqlite.Connection, entry_type: str, value: str, prefix: str
 ) -> Loaded[EntryState]:
     subject = whitelist_subject(entry_type, value, prefix)
-    row = await _one(db, WHITELIST_AT, (entry_type, value))
+    seq, row = await _keyed(db, WHITELIST_ENTRY_AT, subject, (entry_type, value))
     if row is None:
-        return Loaded(EntryState(), subject, await _subject_seq(db, subject))
-    return Loaded(EntryState(id=int(row[0]), entry_type=row[1], value=row[2]), subject, int(row[3]))
+        return Loaded(EntryState(), subject, seq)
+    return Loaded(EntryState(id=int(row[0]), entry_type=row[1], value=row[2]), subject, seq)
 
 
 async def whitelist_by_id(
@@ -268,19 +292,8 @@ async def whitelist_by_id(
 
 async def domain_usage(db: aiosqlite.Connection, domain_id: int) -> DomainUsage | None:
     """The domain's caps (from its effective config) and what it uses now."""
-    row = await _one(db, EFFECTIVE_DOMAIN, (domain_id,))
-    counts = await _one(db, DOMAIN_COUNTS, (domain_id,) * 3)
-    if row is None or counts is None:
-        return None
-    eff = msgspec.json.decode(str(row[0]).encode())
-    return DomainUsage(
-        max_mailboxes=eff["max_mailboxes"],
-        max_aliases=eff["max_aliases"],
-        quota_total_bytes=eff["quota_total_bytes"],
-        mailboxes=counts[0],
-        aliases=counts[1],
-        quota_sum=counts[2],
-    )
+    usage: DomainUsage | None = usage_from(await _one(db, USAGE, (domain_id,)))
+    return usage
 
 
 MAILBOX_QUOTA = "SELECT domain_id, quota_effective FROM mailboxes WHERE id = ?"
@@ -292,3 +305,31 @@ async def mailbox_quota(db: aiosqlite.Connection, mailbox_id: int) -> tuple[int,
     if row is None:
         raise NotFound("mailbox not found", f"no mailbox with id {mailbox_id}")
     return int(row[0]), int(row[1])
+
+
+ALIAS_CREATE = (
+    "SELECT d.id, d.name, (SELECT last_seq FROM subjects WHERE subject = ?), "
+    "EXISTS (SELECT 1 FROM mailboxes WHERE address = ?), "
+    "EXISTS (SELECT 1 FROM aliases WHERE source = ?), "
+    "coalesce(e.max_aliases, 0), "
+    "CASE WHEN e.max_aliases > 0 "
+    "THEN (SELECT count(*) FROM aliases WHERE domain_id = d.id) ELSE 0 END "
+    "FROM (SELECT 1) LEFT JOIN domains d ON d.name = ? "
+    "LEFT JOIN effective_domains e ON e.domain_id = d.id"
+)
+
+
+async def alias_create(
+    db: aiosqlite.Connection, source: str, domain_name: str, prefix: str
+) -> tuple[DomainRef, Loaded[AliasState], str]:
+    """What creating an alias needs, in one statement: the domain, what is at the address
+    (with the subject's sequence), and why the domain's alias cap refuses one more ("" if not)."""
+    subject = address_subject(source, prefix)
+    row = await _one(db, ALIAS_CREATE, (subject, source, source, domain_name))
+    assert row is not None
+    domain = DomainRef() if row[0] is None else DomainRef(id=int(row[0]), name=str(row[1]))
+    kind = "mailbox" if row[3] else "alias" if row[4] else ""
+    at = AddressState(kind=kind, address=source)
+    cap, count = int(row[5]), int(row[6])
+    refusal = f"the domain already has its maximum of {cap} aliases" if cap and count >= cap else ""
+    return domain, Loaded(AliasState(at=at), subject, int(row[2] or 0)), refusal

@@ -6,6 +6,7 @@ the checkpoint, so a crash never applies an event twice or skips one.
 
 import sqlite3
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 
@@ -137,8 +138,20 @@ def rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None:
-    """Apply one event (and its index row and subject version); safe to repeat."""
+class Item(NamedTuple):
+    """One message of the log: its sequence, subject, decoded envelope and stored bytes."""
+
+    seq: int
+    subject: str
+    env: Envelope
+    raw: bytes
+
+
+def apply(db: sqlite3.Connection, item: Item) -> str:
+    """Apply one event (and its index row and subject version); safe to repeat. Returns why
+    the event was left without effect ("" when it took effect)."""
+    seq, subject, env, raw = item
+    reason = ""
     meta = env.meta
     at = rfc3339(meta.at)
     # An event applied before keeps the decision it got then (accepted or rejected).
@@ -157,7 +170,7 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
             meta.source_ip,
             meta.request_id,
             meta.command_id,
-            _json.encode(env).decode(),
+            raw.decode(),
         ),
     )
     match env.event:
@@ -257,29 +270,34 @@ def apply(db: sqlite3.Connection, seq: int, subject: str, env: Envelope) -> None
             db.execute(REVOKE_TOKEN, (at, seq, e.id, seq))
         case SecuritySettingsChanged() as e:
             db.execute(SET_SECURITY, (_json.encode(e).decode(), at, seq))
+    return reason
 
 
-def apply_batch(db: sqlite3.Connection, batch: list[tuple[int, str, Envelope]]) -> int:
-    """One transaction: every event of the batch past the checkpoint, then the checkpoint."""
+def apply_batch(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, dict[int, str]]:
+    """One transaction: every event of the batch past the checkpoint, then the checkpoint.
+    Returns the last applied sequence and the events left without effect, with the reason."""
+    rejected: dict[int, str] = {}
     if not batch:
-        return 0
+        return 0, rejected
     db.execute("BEGIN IMMEDIATE")
     try:
         row = db.execute("SELECT seq FROM checkpoint WHERE name = ?", (CHECKPOINT,)).fetchone()
         done = row[0] if row else 0
         last = done
-        for seq, subject, env in batch:
-            if seq <= done:
+        for item in batch:
+            if item.seq <= done:
                 continue
-            apply(db, seq, subject, env)
-            last = seq
+            reason = apply(db, item)
+            if reason:
+                rejected[item.seq] = reason
+            last = item.seq
         if last > done:
             db.execute(SET_CHECKPOINT, (CHECKPOINT, last))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return max(last, done)
+    return max(last, done), rejected
 
 
 def _decided(prior: str) -> str:
@@ -291,6 +309,8 @@ def _mailbox_refusal(db: sqlite3.Connection, e: MailboxCreated) -> str:
     if not _domain_is(db, e.domain_id, e.address):
         return "the domain no longer exists"
     usage = effective.usage(db, e.domain_id)
+    if usage is None:
+        return ""
     return limits.mailbox_refusal(usage, effective.mailbox_quota_for(db, e.quota))
 
 
@@ -299,13 +319,16 @@ def _quota_refusal(db: sqlite3.Connection, e: MailboxUpdated) -> str:
     if row is None or row[1] == e.quota:
         return ""
     usage = effective.usage(db, row[0])
+    if usage is None:
+        return ""
     return limits.mailbox_refusal(usage, effective.mailbox_quota_for(db, e.quota), row[2])
 
 
 def _alias_refusal(db: sqlite3.Connection, e: AliasCreated) -> str:
     if not _domain_is(db, e.domain_id, e.source):
         return "the domain no longer exists"
-    return limits.alias_refusal(effective.usage(db, e.domain_id))
+    usage = effective.usage(db, e.domain_id)
+    return "" if usage is None else limits.alias_refusal(usage)
 
 
 def _domain_is(db: sqlite3.Connection, domain_id: int, address: str) -> bool:

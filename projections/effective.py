@@ -36,7 +36,8 @@ MAILBOX_ROW = (
 )
 MAILBOX_OVERRIDES = "SELECT data, seq FROM mailbox_overrides WHERE mailbox_id = ?"
 PUT_EFFECTIVE_DOMAIN = (
-    "INSERT OR REPLACE INTO effective_domains (domain_id, data, explain) VALUES (?, ?, ?)"
+    "INSERT OR REPLACE INTO effective_domains (domain_id, data, explain, max_mailboxes, "
+    "max_aliases, quota_total_bytes) VALUES (?, ?, ?, ?, ?, ?)"
 )
 PUT_EFFECTIVE_MAILBOX = (
     "INSERT OR REPLACE INTO effective_mailboxes (mailbox_id, domain_id, data, explain) "
@@ -45,10 +46,17 @@ PUT_EFFECTIVE_MAILBOX = (
 SET_QUOTA_EFFECTIVE = "UPDATE mailboxes SET quota_effective = ? WHERE id = ?"
 MAILBOXES_OF = "SELECT id FROM mailboxes WHERE domain_id = ? ORDER BY id"
 ALL_DOMAINS = "SELECT id FROM domains ORDER BY id"
+# A domain's caps and what it uses; each count runs only when its cap is set (0 = no cap), so
+# an uncapped domain costs no scan however large it grows.
 USAGE = (
-    "SELECT (SELECT count(*) FROM mailboxes WHERE domain_id = ?), "
-    "(SELECT count(*) FROM aliases WHERE domain_id = ?), "
-    "(SELECT coalesce(sum(quota_effective), 0) FROM mailboxes WHERE domain_id = ?)"
+    "SELECT e.max_mailboxes, e.max_aliases, e.quota_total_bytes, "
+    "CASE WHEN e.max_mailboxes > 0 "
+    "THEN (SELECT count(*) FROM mailboxes WHERE domain_id = e.domain_id) ELSE 0 END, "
+    "CASE WHEN e.max_aliases > 0 "
+    "THEN (SELECT count(*) FROM aliases WHERE domain_id = e.domain_id) ELSE 0 END, "
+    "CASE WHEN e.quota_total_bytes > 0 THEN (SELECT coalesce(sum(quota_effective), 0) "
+    "FROM mailboxes WHERE domain_id = e.domain_id) ELSE 0 END "
+    "FROM effective_domains e WHERE e.domain_id = ?"
 )
 
 _json = msgspec.json.Encoder()
@@ -102,7 +110,17 @@ def recompute_domain(db: sqlite3.Connection, domain_id: int) -> Resolved | None:
         **values,
         "active": bool(row[1]),
     }
-    db.execute(PUT_EFFECTIVE_DOMAIN, (domain_id, _json.encode(data).decode(), _explain(sources)))
+    db.execute(
+        PUT_EFFECTIVE_DOMAIN,
+        (
+            domain_id,
+            _json.encode(data).decode(),
+            _explain(sources),
+            values["max_mailboxes"],
+            values["max_aliases"],
+            values["quota_total_bytes"],
+        ),
+    )
     return resolved
 
 
@@ -152,17 +170,21 @@ def recompute_all(db: sqlite3.Connection) -> None:
         recompute_domain_and_mailboxes(db, domain_id)
 
 
-def usage(db: sqlite3.Connection, domain_id: int) -> DomainUsage:
-    values, _ = domain_resolution(db, domain_id)
-    mailboxes, aliases, quota_sum = db.execute(USAGE, (domain_id,) * 3).fetchone()
+def usage_from(row: tuple[Any, ...] | None) -> DomainUsage | None:
+    if row is None:
+        return None
     return DomainUsage(
-        max_mailboxes=values["max_mailboxes"],
-        max_aliases=values["max_aliases"],
-        quota_total_bytes=values["quota_total_bytes"],
-        mailboxes=mailboxes,
-        aliases=aliases,
-        quota_sum=quota_sum,
+        max_mailboxes=row[0],
+        max_aliases=row[1],
+        quota_total_bytes=row[2],
+        mailboxes=row[3],
+        aliases=row[4],
+        quota_sum=row[5],
     )
+
+
+def usage(db: sqlite3.Connection, domain_id: int) -> DomainUsage | None:
+    return usage_from(db.execute(USAGE, (domain_id,)).fetchone())
 
 
 def mailbox_quota_for(db: sqlite3.Connection, quota: int | None) -> int:

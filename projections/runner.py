@@ -14,13 +14,18 @@ import msgspec
 from nats.aio.msg import Msg
 
 from commands.log import EventLog
-from core.events import Envelope, decode, event_tag
-from projections.appliers import CHECKPOINT, apply_batch
+from core.events import decode, event_tag
+from projections.appliers import CHECKPOINT, Item, apply_batch
 from projections.db import open_writer
 
 log = logging.getLogger("mailpanel.projector")
 
 BATCH = 1000
+# Small batches (an API write or a few) apply directly on the event loop: a hop to a worker
+# thread costs more than the few statements themselves when the loop is busy. Catch-up and
+# rebuild batches go to a thread so the loop stays responsive.
+INLINE_BATCH = 32
+REMEMBERED_REJECTIONS = 10_000
 
 
 class ProjectorFailed(Exception):
@@ -41,6 +46,8 @@ class Projector:
         self.db = open_writer(path)
         self.applied = read_checkpoint(self.db)
         self.failed: BaseException | None = None
+        # Recent events the projector left without effect, so the writer can answer 409.
+        self.rejected: dict[int, str] = {}
         self._queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -75,20 +82,31 @@ class Projector:
                 self._changed.notify_all()
 
     async def apply_raw(self, raw: list[tuple[int, str, bytes]]) -> None:
-        batch: list[tuple[int, str, Envelope]] = []
+        batch: list[Item] = []
         for seq, subject, data in raw:
             try:
-                batch.append((seq, subject, decode(data)))
+                batch.append(Item(seq, subject, decode(data), data))
             except msgspec.DecodeError as exc:
                 raise ProjectorFailed(f"cannot decode event {seq} on {subject}: {exc}") from exc
-        applied = await asyncio.to_thread(apply_batch, self.db, batch)
+        if len(batch) <= INLINE_BATCH:
+            applied, rejected = apply_batch(self.db, batch)
+        else:
+            applied, rejected = await asyncio.to_thread(apply_batch, self.db, batch)
+        if rejected:
+            self.rejected.update(rejected)
+            while len(self.rejected) > REMEMBERED_REJECTIONS:
+                del self.rejected[next(iter(self.rejected))]
         if self.listeners:
-            tags = {event_tag(env.event) for _, _, env in batch}
+            tags = {event_tag(item.env.event) for item in batch}
             for listener in self.listeners:
                 await listener(tags)
         async with self._changed:
             self.applied = applied
             self._changed.notify_all()
+
+    def rejection(self, seq: int) -> str:
+        """Why event `seq` was left without effect ("" if it took effect or is unknown)."""
+        return self.rejected.get(seq, "")
 
     async def wait_for(self, seq: int, timeout: float = 5.0) -> bool:
         """True once the read model has applied `seq` (read-your-writes), False on timeout."""

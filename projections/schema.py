@@ -98,7 +98,10 @@ CREATE TABLE IF NOT EXISTS mailbox_overrides (
 CREATE TABLE IF NOT EXISTS effective_domains (
     domain_id INTEGER PRIMARY KEY,
     data TEXT NOT NULL,
-    explain TEXT NOT NULL
+    explain TEXT NOT NULL,
+    max_mailboxes INTEGER NOT NULL,
+    max_aliases INTEGER NOT NULL,
+    quota_total_bytes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS effective_mailboxes (
     mailbox_id INTEGER PRIMARY KEY,

@@ -34,9 +34,10 @@ from core.events import (
     Meta,
     WhitelistEntryAdded,
     WhitelistEntryRemoved,
+    encode,
 )
 from core.subjects import address_subject, domain_subject
-from projections.appliers import apply, apply_batch
+from projections.appliers import Item, apply, apply_batch
 from projections.db import dump, open_writer
 from projections.runner import read_checkpoint
 
@@ -93,8 +94,12 @@ def subject_of(event: Event) -> str:
     return address_subject(event.address)
 
 
-def batch(events: list[Event], start: int = 1) -> list[tuple[int, str, Envelope]]:
-    return [(start + i, subject_of(e), Envelope(meta=META, event=e)) for i, e in enumerate(events)]
+def batch(events: list[Event], start: int = 1) -> list[Item]:
+    items = []
+    for i, e in enumerate(events):
+        env = Envelope(meta=META, event=e)
+        items.append(Item(start + i, subject_of(e), env, encode(env)))
+    return items
 
 
 @pytest.fixture
@@ -103,20 +108,20 @@ def db(tmp_path: Path) -> sqlite3.Connection:
 
 
 def apply_each(db: sqlite3.Connection, times: int) -> None:
-    for seq, subject, env in batch(HISTORY):
+    for item in batch(HISTORY):
         for _ in range(times):
             db.execute("BEGIN")
-            apply(db, seq, subject, env)
+            apply(db, item)
             db.execute("COMMIT")
 
 
 @pytest.mark.parametrize("upto", range(1, len(HISTORY) + 1))
 def test_every_applier_applied_twice_gives_the_same_rows(tmp_path: Path, upto: int):
     once, twice = open_writer(tmp_path / "once.db"), open_writer(tmp_path / "twice.db")
-    for seq, subject, env in batch(HISTORY[:upto]):
-        apply(once, seq, subject, env)
-        apply(twice, seq, subject, env)
-        apply(twice, seq, subject, env)
+    for item in batch(HISTORY[:upto]):
+        apply(once, item)
+        apply(twice, item)
+        apply(twice, item)
     assert dump(once) == dump(twice)
 
 
