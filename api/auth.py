@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -22,8 +23,11 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.access import ip_in
 from api.errors import ApiError, ErrorBody
+from core.ids import sequence
 
 log = logging.getLogger("mailpanel.auth")
+
+_next_request_id = sequence(secrets.token_hex(8) + "-")
 
 JWT_ALG = "HS256"
 JWT_ISSUER = "mailpanel"
@@ -114,7 +118,7 @@ class AuthMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else _next_request_id()
         rt = scope["app"].state.runtime
         access = rt.access
         ip = access.client_ip(peer_ip(scope), headers.get("x-forwarded-for"))

@@ -7,7 +7,6 @@ the client sent If-Match, in which case the conflict is the client's to resolve.
 
 import hashlib
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -37,18 +36,23 @@ from core.events import (
     Meta,
     decode,
 )
+from core.ids import sequence
 from core.mailbox import DomainRef
 
 MAX_ATTEMPTS = 8
 LEAST_USED_IP = (
     "SELECT outgoing_ip, count(*) FROM domains WHERE outgoing_ip IN ({}) GROUP BY outgoing_ip"
 )
-EVENT_BY_COMMAND = "SELECT seq, data FROM events WHERE command_id = ? ORDER BY seq LIMIT 1"
+EVENT_BY_COMMAND = (
+    "SELECT seq, data FROM events WHERE command_id = ? AND command_id GLOB 'idem-*' "
+    "ORDER BY seq LIMIT 1"
+)
 EVENT_AT = "SELECT data FROM events WHERE seq = ?"
 # Events the projector may leave without effect (a cap reached, the domain deleted meanwhile).
 REJECTABLE = (MailboxCreated, MailboxUpdated, AliasCreated)
 
 S = TypeVar("S")
+_next_command_id = sequence(secrets.token_hex(8) + "-")
 
 
 class Waiter(Protocol):
@@ -179,7 +183,7 @@ class Commands:
         if ctx.idempotency_key:
             raw = f"{ctx.actor_id or ctx.actor}\x00{ctx.idempotency_key}".encode()
             return "idem-" + hashlib.sha256(raw).hexdigest()[:40]
-        return uuid.uuid4().hex
+        return _next_command_id()
 
     @staticmethod
     def _meta(ctx: Context, command_id: str, now: datetime) -> Meta:

@@ -12,13 +12,15 @@ PREFIX = "mp"
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
+_ESCAPE = {i: (chr(i) if chr(i) in _SAFE else f"%{i:02X}") for i in range(128)}
+
+
 def encode_key(key: str) -> str:
-    """Escape a natural key into one subject token: keeps [A-Za-z0-9-_], the rest as %XX."""
-    out: list[str] = []
-    for byte in key.encode():
-        ch = chr(byte)
-        out.append(ch if ch in _SAFE else f"%{byte:02X}")
-    return "".join(out) or "%"
+    """Escape a natural key into one subject token: keeps [A-Za-z0-9-_], the rest as %XX
+    (UTF-8 bytes for non-ASCII)."""
+    if key.isascii():
+        return key.translate(_ESCAPE) or "%"
+    return "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in key.encode()) or "%"
 
 
 def decode_key(token: str) -> str:

@@ -55,8 +55,8 @@ USAGE = (
     "CASE WHEN e.max_aliases > 0 "
     "THEN (SELECT count(*) FROM aliases WHERE domain_id = e.domain_id) ELSE 0 END, "
     "CASE WHEN e.quota_total_bytes > 0 THEN (SELECT coalesce(sum(quota_effective), 0) "
-    "FROM mailboxes WHERE domain_id = e.domain_id) ELSE 0 END "
-    "FROM effective_domains e WHERE e.domain_id = ?"
+    "FROM mailboxes WHERE domain_id = e.domain_id) ELSE 0 END, d.name "
+    "FROM domains d JOIN effective_domains e ON e.domain_id = d.id WHERE d.id = ?"
 )
 
 _json = msgspec.json.Encoder()
@@ -183,8 +183,11 @@ def usage_from(row: tuple[Any, ...] | None) -> DomainUsage | None:
     )
 
 
-def usage(db: sqlite3.Connection, domain_id: int) -> DomainUsage | None:
-    return usage_from(db.execute(USAGE, (domain_id,)).fetchone())
+def usage(db: sqlite3.Connection, domain_id: int) -> tuple[str, DomainUsage] | None:
+    """The domain's name and usage, or None when the domain does not exist."""
+    row = db.execute(USAGE, (domain_id,)).fetchone()
+    found = usage_from(row)
+    return None if found is None else (str(row[6]), found)
 
 
 def mailbox_quota_for(db: sqlite3.Connection, quota: int | None) -> int:

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     outcome TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS events_command ON events(command_id);
+-- Only commands sent with an Idempotency-Key are ever looked up by command id.
+CREATE INDEX IF NOT EXISTS events_idempotency ON events(command_id)
+    WHERE command_id GLOB 'idem-*';
 CREATE TABLE IF NOT EXISTS domains (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
