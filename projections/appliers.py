@@ -6,7 +6,7 @@ the checkpoint, so a crash never applies an event twice or skips one.
 
 import sqlite3
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -52,7 +52,7 @@ PRIOR_OUTCOME = "SELECT outcome FROM events WHERE seq = ?"
 PRIOR_OUTCOMES = "SELECT seq, outcome FROM events WHERE seq BETWEEN ? AND ?"
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (seq, subject, type, at, actor, actor_id, source_ip, "
-    "request_id, command_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "request_id, command_id, data, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_DOMAIN = (
     "INSERT OR REPLACE INTO domains (id, name, active, outgoing_ip, created_at, updated_at, "
@@ -71,7 +71,6 @@ UPSERT_MAILBOX = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 MAILBOX_QUOTA = "SELECT domain_id, quota, quota_effective, version FROM mailboxes WHERE id = ?"
-SET_OUTCOME = "UPDATE events SET outcome = ? WHERE seq = ?"
 PUT_TIER = "INSERT OR REPLACE INTO config_tiers (name, data, seq, updated_at) VALUES (?, ?, ?, ?)"
 PUT_DOMAIN_OVERRIDES = (
     "INSERT OR REPLACE INTO domain_overrides (domain_id, data, seq) "
@@ -133,12 +132,17 @@ SET_SECURITY = (
 _json = msgspec.json.Encoder()
 
 
+_last_second: list[Any] = [None, ""]
+
+
 def rfc3339(at: datetime) -> str:
     """RFC 3339, UTC, second precision, ending in Z: the API's one timestamp format.
-    (isoformat is several times cheaper than strftime, and this runs once per event.)"""
-    if at.utcoffset():
-        at = at.astimezone(UTC)
-    return at.isoformat(timespec="seconds")[:19] + "Z"
+    It runs once per applied event, and consecutive events mostly share their second."""
+    second = int(at.timestamp())
+    if second != _last_second[0]:
+        utc = at.astimezone(UTC) if at.utcoffset() else at
+        _last_second[:] = [second, utc.isoformat(timespec="seconds")[:19] + "Z"]
+    return str(_last_second[1])
 
 
 class Item(NamedTuple):
@@ -150,36 +154,56 @@ class Item(NamedTuple):
     raw: bytes
 
 
+def index_row(item: Item, at: str, reason: str) -> tuple[object, ...]:
+    """The events-index row of one event (its outcome included)."""
+    seq, subject, env, raw = item
+    meta = env.meta
+    return (
+        seq,
+        subject,
+        event_tag(env.event),
+        at,
+        meta.actor,
+        meta.actor_id,
+        meta.source_ip,
+        meta.request_id,
+        meta.command_id,
+        raw.decode(),
+        f"rejected: {reason}" if reason else "",
+    )
+
+
 def apply(db: sqlite3.Connection, item: Item, prior: str | bool | None = True) -> str:
     """Apply one event (and its index row and subject version); safe to repeat. Returns why
     the event was left without effect ("" when it took effect).
 
     An event applied before keeps the decision it got then: `prior` is its recorded outcome,
     None when it was never applied, or True to look it up here."""
-    seq, subject, env, raw = item
-    reason = ""
-    meta = env.meta
-    at = rfc3339(meta.at)
     if prior is True:
-        prior_row = db.execute(PRIOR_OUTCOME, (seq,)).fetchone()
+        prior_row = db.execute(PRIOR_OUTCOME, (item.seq,)).fetchone()
         prior = None if prior_row is None else str(prior_row[0])
     assert prior is None or isinstance(prior, str)
-    db.execute(SET_SUBJECT, (subject, seq))
-    db.execute(
-        INSERT_EVENT,
-        (
-            seq,
-            subject,
-            event_tag(env.event),
-            at,
-            meta.actor,
-            meta.actor_id,
-            meta.source_ip,
-            meta.request_id,
-            meta.command_id,
-            raw.decode(),
-        ),
-    )
+    at = rfc3339(item.env.meta.at)
+    reason = apply_effect(db, item, at, prior)
+    db.execute(SET_SUBJECT, (item.subject, item.seq))
+    db.execute(INSERT_EVENT, index_row(item, at, reason))
+    return reason
+
+
+Usage = dict[int, tuple[str, limits.DomainUsage]]
+
+
+def apply_effect(
+    db: sqlite3.Connection, item: Item, at: str, prior: str | None, usage: Usage | None = None
+) -> str:
+    """The event's effect on the read-model rows (not its index row or subject version).
+
+    `usage` caches domain usage within a batch for runs of creations (a replay is mostly
+    that); any other kind of event empties it, since it may change caps or counts."""
+    seq, env = item.seq, item.env
+    reason = ""
+    if usage is not None and not isinstance(env.event, MailboxCreated | AliasCreated):
+        usage.clear()
     match env.event:
         case DomainCreated() as e:
             db.execute(UPSERT_DOMAIN, (seq, e.name, e.active, e.outgoing_ip, at, at, seq))
@@ -203,10 +227,8 @@ def apply(db: sqlite3.Connection, item: Item, prior: str | bool | None = True) -
             db.execute(BUMP_DOMAIN, (seq, e.id, seq))
             effective.recompute_domain_and_mailboxes(db, e.id)
         case MailboxCreated() as e:
-            reason = _decided(prior) if prior is not None else _mailbox_refusal(db, e)
-            if reason:
-                db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
-            else:
+            reason = _decided(prior) if prior is not None else _mailbox_refusal(db, e, usage)
+            if not reason:
                 db.execute(
                     UPSERT_MAILBOX,
                     (
@@ -229,7 +251,6 @@ def apply(db: sqlite3.Connection, item: Item, prior: str | bool | None = True) -
         case MailboxUpdated() as e:
             reason = _decided(prior) if prior is not None else _quota_refusal(db, e)
             if reason:
-                db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
                 db.execute(BUMP_MAILBOX, (seq, e.id, seq))
             else:
                 db.execute(UPDATE_MAILBOX, (e.active, e.quota, e.quota, seq, at, seq, e.id, seq))
@@ -242,10 +263,8 @@ def apply(db: sqlite3.Connection, item: Item, prior: str | bool | None = True) -
             db.execute(BUMP_MAILBOX, (seq, e.id, seq))
             effective.recompute_mailbox(db, e.id)
         case AliasCreated() as e:
-            reason = _decided(prior) if prior is not None else _alias_refusal(db, e)
-            if reason:
-                db.execute(SET_OUTCOME, (f"rejected: {reason}", seq))
-            else:
+            reason = _decided(prior) if prior is not None else _alias_refusal(db, e, usage)
+            if not reason:
                 db.execute(UPSERT_ALIAS, (seq, e.domain_id, e.source, e.destination, at, at, seq))
         case AliasUpdated() as e:
             db.execute(UPDATE_ALIAS, (e.destination, at, seq, e.id, seq))
@@ -292,13 +311,22 @@ def apply_batch(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, dict[in
         done = row[0] if row else 0
         last = done
         priors = dict(db.execute(PRIOR_OUTCOMES, (batch[0].seq, batch[-1].seq)).fetchall())
+        subjects: list[tuple[str, int]] = []
+        index: list[tuple[object, ...]] = []
+        usage: Usage = {}
         for item in batch:
             if item.seq <= done:
                 continue
-            reason = apply(db, item, priors.get(item.seq))
+            at = rfc3339(item.env.meta.at)
+            reason = apply_effect(db, item, at, priors.get(item.seq), usage)
             if reason:
                 rejected[item.seq] = reason
+            subjects.append((item.subject, item.seq))
+            index.append(index_row(item, at, reason))
             last = item.seq
+        # Index rows and subject versions in bulk: no applier reads them within a batch.
+        db.executemany(SET_SUBJECT, subjects)
+        db.executemany(INSERT_EVENT, index)
         if last > done:
             db.execute(SET_CHECKPOINT, (CHECKPOINT, last))
         db.execute("COMMIT")
@@ -312,12 +340,31 @@ def _decided(prior: str) -> str:
     return prior.removeprefix("rejected: ") if prior.startswith("rejected: ") else ""
 
 
-def _mailbox_refusal(db: sqlite3.Connection, e: MailboxCreated) -> str:
+def _domain_usage(
+    db: sqlite3.Connection, domain_id: int, cache: Usage | None
+) -> tuple[str, limits.DomainUsage] | None:
+    found = cache.get(domain_id) if cache is not None else None
+    if found is None:
+        found = effective.usage(db, domain_id)
+        if found is not None and cache is not None:
+            cache[domain_id] = found
+    return found
+
+
+def _mailbox_refusal(db: sqlite3.Connection, e: MailboxCreated, cache: Usage | None) -> str:
     """Why this creation does not take effect (domain gone, a cap reached); "" if it does."""
-    found = effective.usage(db, e.domain_id)
+    found = _domain_usage(db, e.domain_id, cache)
     if found is None or e.address.rpartition("@")[2] != found[0]:
         return "the domain no longer exists"
-    return limits.mailbox_refusal(found[1], effective.mailbox_quota_for(db, e.quota))
+    quota = effective.mailbox_quota_for(db, e.quota)
+    reason = limits.mailbox_refusal(found[1], quota)
+    if not reason and cache is not None:
+        u = found[1]
+        cache[e.domain_id] = (
+            found[0],
+            msgspec.structs.replace(u, mailboxes=u.mailboxes + 1, quota_sum=u.quota_sum + quota),
+        )
+    return reason
 
 
 def _quota_refusal(db: sqlite3.Connection, e: MailboxUpdated) -> str:
@@ -330,8 +377,14 @@ def _quota_refusal(db: sqlite3.Connection, e: MailboxUpdated) -> str:
     return limits.mailbox_refusal(found[1], effective.mailbox_quota_for(db, e.quota), row[2])
 
 
-def _alias_refusal(db: sqlite3.Connection, e: AliasCreated) -> str:
-    found = effective.usage(db, e.domain_id)
+def _alias_refusal(db: sqlite3.Connection, e: AliasCreated, cache: Usage | None) -> str:
+    found = _domain_usage(db, e.domain_id, cache)
     if found is None or e.source.rpartition("@")[2] != found[0]:
         return "the domain no longer exists"
-    return limits.alias_refusal(found[1])
+    reason = limits.alias_refusal(found[1])
+    if not reason and cache is not None:
+        cache[e.domain_id] = (
+            found[0],
+            msgspec.structs.replace(found[1], aliases=found[1].aliases + 1),
+        )
+    return reason

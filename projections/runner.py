@@ -48,7 +48,10 @@ class Projector:
         self.failed: BaseException | None = None
         # Recent events the projector left without effect, so the writer can answer 409.
         self.rejected: dict[int, str] = {}
-        self._queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
+        # Arrived, not yet applied: a plain list and a wake-up event (an asyncio.Queue costs
+        # two method calls per message, which showed in replay profiles).
+        self._arrived: list[tuple[int, str, bytes]] = []
+        self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
@@ -63,16 +66,18 @@ class Projector:
         self._task = asyncio.create_task(self._run(), name="projector")
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._queue.put_nowait((msg.metadata.sequence.stream, msg.subject, msg.data))
+        self._arrived.append((msg.metadata.sequence.stream, msg.subject, msg.data))
+        self._wake.set()
 
     async def _run(self) -> None:
         try:
             while True:
-                first = await self._queue.get()
-                raw = [first]
-                while len(raw) < BATCH and not self._queue.empty():
-                    raw.append(self._queue.get_nowait())
-                await self.apply_raw(raw)
+                await self._wake.wait()
+                self._wake.clear()
+                while self._arrived:
+                    raw = self._arrived[:BATCH]
+                    del self._arrived[:BATCH]
+                    await self.apply_raw(raw)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -136,9 +141,7 @@ class Projector:
             except (asyncio.CancelledError, Exception):
                 pass
         # Apply what already arrived so a clean stop loses no work.
-        pending: list[tuple[int, str, bytes]] = []
-        while not self._queue.empty():
-            pending.append(self._queue.get_nowait())
+        pending, self._arrived = self._arrived, []
         if pending and self.failed is None:
             try:
                 await self.apply_raw(pending)
