@@ -41,6 +41,8 @@ def check_local_part(local: str, field: str = "username") -> str:
         raise ValidationFailed(field, f"{field} is longer than 64 characters")
     if local.startswith(".") or local.endswith("."):
         raise ValidationFailed(field, f"{field} must not start or end with a dot")
+    if local.startswith("#"):  # a Postfix map line starting with # is a comment
+        raise ValidationFailed(field, f"{field} must not start with #")
     if not all(_LOCAL_CHARS.match(part) for part in local.split(".")):
         raise ValidationFailed(field, f"{field} contains characters not allowed in an address")
     return local

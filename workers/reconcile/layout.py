@@ -1,0 +1,163 @@
+"""Where one mail-stack instance lives: every path and port the rendered files refer to.
+
+All paths derive from `root` (one instance per root, nothing in /etc), so two instances can run
+side by side and a candidate copy validates in place. Rendered file names are relative to root.
+"""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings
+
+# Rendered files, relative to Layout.root.
+POSTFIX_DIR = "etc/postfix"
+DOVECOT_DIR = "etc/dovecot"
+OPENDKIM_DIR = "etc/opendkim"
+
+MAIN_CF = f"{POSTFIX_DIR}/main.cf"
+MASTER_CF = f"{POSTFIX_DIR}/master.cf"
+DOVECOT_CONF = f"{DOVECOT_DIR}/dovecot.conf"
+PASSWD = f"{DOVECOT_DIR}/passwd"
+OPENDKIM_CONF = f"{OPENDKIM_DIR}/opendkim.conf"
+KEY_TABLE = f"{OPENDKIM_DIR}/KeyTable"
+SIGNING_TABLE = f"{OPENDKIM_DIR}/SigningTable"
+KEYS_DIR = f"{OPENDKIM_DIR}/keys"
+
+# texthash maps in the Postfix config directory (no postmap needed, reload picks them up).
+MAPS = (
+    "virtual_domains",
+    "virtual_mailboxes",
+    "virtual_aliases",
+    "recipient_access",
+    "sender_transport",
+)
+
+# Unix sockets live in Dovecot's base_dir and Postfix's queue dir (names up to ~25 chars);
+# sun_path holds 107 bytes.
+MAX_BASE_DIR = 80
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """Paths and ports of one instance. `sandbox` means: loopback only, nothing ever leaves
+    (error transports), fast queue retries and no auth failure delay, no TLS."""
+
+    root: Path
+    mail_root_dir: Path | None = None  # default ROOT/mail
+    hostname: str = "mx.mailpanel.test"
+    instance: str = "mailpanel"
+    listen: str = "127.0.0.1"
+    smtp_port: int = 2525
+    submission_port: int = 2587
+    imap_port: int = 1143
+    pop3_port: int = 1110
+    milter_port: int = 8891
+    vmail_uid: int = 5000
+    vmail_gid: int = 5000
+    sandbox: bool = True
+    dkim: bool = False  # wire the OpenDKIM milter into Postfix
+    require_safe_keys: bool | None = None  # None: false under a world-writable tmp dir
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **changes: Any) -> "Layout":
+        """The data-dir instance used when no mail stack is installed on the host."""
+        base = cls(root=settings.data_dir / "mailstack", mail_root_dir=settings.mail_root)
+        return replace(base, **changes)
+
+    @property
+    def mail_root(self) -> Path:
+        return self.mail_root_dir if self.mail_root_dir is not None else self.root / "mail"
+
+    @property
+    def postfix_dir(self) -> Path:
+        return self.root / POSTFIX_DIR
+
+    @property
+    def dovecot_dir(self) -> Path:
+        return self.root / DOVECOT_DIR
+
+    @property
+    def opendkim_dir(self) -> Path:
+        return self.root / OPENDKIM_DIR
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / KEYS_DIR
+
+    @property
+    def dovecot_conf(self) -> Path:
+        return self.root / DOVECOT_CONF
+
+    @property
+    def opendkim_conf(self) -> Path:
+        return self.root / OPENDKIM_CONF
+
+    @property
+    def passwd(self) -> Path:
+        return self.root / PASSWD
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def postfix_log(self) -> Path:
+        return self.log_dir / "postfix.log"
+
+    @property
+    def dovecot_log(self) -> Path:
+        return self.log_dir / "dovecot.log"
+
+    @property
+    def dovecot_base_dir(self) -> Path:
+        return self.root / "run" / "dovecot"
+
+    @property
+    def dovecot_state_dir(self) -> Path:
+        return self.root / "state" / "dovecot"
+
+    @property
+    def lmtp_socket(self) -> Path:
+        return self.dovecot_base_dir / "lmtp"
+
+    @property
+    def auth_socket(self) -> Path:
+        """Dovecot's SASL socket for Postfix, where smtpd_sasl_path = private/auth finds it."""
+        return self.queue_dir / "private" / "auth"
+
+    @property
+    def opendkim_run_dir(self) -> Path:
+        return self.root / "run" / "opendkim"
+
+    @property
+    def opendkim_pid(self) -> Path:
+        return self.opendkim_run_dir / "opendkim.pid"
+
+    @property
+    def master_pid(self) -> Path:
+        return self.queue_dir / "pid" / "master.pid"
+
+    @property
+    def dovecot_pid(self) -> Path:
+        return self.dovecot_base_dir / "master.pid"
+
+    @property
+    def safe_keys(self) -> bool:
+        """OpenDKIM's RequireSafeKeys walks every parent; a 1777 /tmp makes it refuse keys."""
+        if self.require_safe_keys is not None:
+            return self.require_safe_keys
+        path = self.root.as_posix() + "/"
+        return not path.startswith(("/tmp/", "/var/tmp/", "/dev/shm/"))
+
+
+# Standard folders, auto-created by Dovecot and pre-created on disk as Maildir++ ".Name".
+SPECIAL_USE = (("Drafts", "\\Drafts"), ("Junk", "\\Junk"), ("Sent", "\\Sent"), ("Trash", "\\Trash"))
