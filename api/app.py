@@ -11,6 +11,7 @@ from api.admin import SecurityController, TokenController
 from api.auth import AuthMiddleware
 from api.config import ConfigController, OverridesController, WhitelistController
 from api.errors import handle
+from api.reconcile import ReconcileController
 from api.resources import AliasController, DomainController, MailboxController
 from api.runtime import Runtime
 from api.system import AuthController, SystemController, version
@@ -63,6 +64,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             ConfigController,
             OverridesController,
             WhitelistController,
+            ReconcileController,
         ],
         lifespan=[lifespan],
         middleware=[AuthMiddleware()],

@@ -12,6 +12,7 @@ from commands.service import Commands
 from core.settings import Settings
 from projections.db import open_reader
 from projections.runner import Projector
+from workers.reconcile.agent import Agent
 
 log = logging.getLogger("mailpanel.runtime")
 
@@ -33,6 +34,8 @@ class Runtime:
         self.limiter = RateLimiter(f"{settings.stream}_RATE", f"{settings.prefix}rl")
         self.usage = TokenUsage()
         self.stats = AuthStats()
+        self.agent: Agent | None = Agent(settings) if settings.mailstack else None
+        self._agent_start: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -67,7 +70,16 @@ class Runtime:
         self.event_log = event_log
         await self.projector.start(event_log)
         self._flusher = asyncio.create_task(self._flush_usage(), name="token-usage")
+        if self.agent is not None:  # in the background: the API is ready before the mail stack
+            self._agent_start = asyncio.create_task(self._start_agent(event_log), name="agent")
         return True
+
+    async def _start_agent(self, event_log: EventLog) -> None:
+        assert self.agent is not None
+        try:
+            await self.agent.start(event_log)
+        except Exception:
+            log.exception("the reconcile agent did not start")
 
     async def _on_applied(self, tags: set[str]) -> None:
         if any(t.startswith(("token.", "security.")) for t in tags):
@@ -83,6 +95,12 @@ class Runtime:
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self._agent_start is not None:
+            with contextlib.suppress(Exception):
+                await self._agent_start
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                await self.agent.stop()
         for task in (self._connector, self._flusher):
             if task is not None:
                 task.cancel()

@@ -131,11 +131,22 @@ class SystemController(Controller):
             checks["projector"] = Check(status="error", message=str(rt.projector.failed))
         else:
             checks["projector"] = Check(status="ok", message=f"applied {rt.projector.applied}")
-        checks["postfix"], checks["dovecot"] = await asyncio.to_thread(
-            lambda: (_daemon("postfix", ("master",)), _daemon("dovecot", ("dovecot",)))
-        )
+        critical = ["database", "nats", "projector"]
+        stack = rt.agent.stack if rt.agent is not None else None
+        if stack is not None:  # this process runs the mail stack: its daemons are critical
+            states = await asyncio.to_thread(stack.status)
+            for name in ("postfix", "dovecot"):
+                running = states[name].running
+                checks[name] = Check(
+                    status="ok" if running else "error",
+                    message="" if running else f"{name} is not running",
+                )
+                critical.append(name)
+        else:
+            checks["postfix"], checks["dovecot"] = await asyncio.to_thread(
+                lambda: (_daemon("postfix", ("master",)), _daemon("dovecot", ("dovecot",)))
+            )
         checks["maildir"] = _maildir(rt.settings)
-        critical = ("database", "nats", "projector")
         ok = all(checks[name].status == "ok" for name in critical)
         body = Health(status="ok" if ok else "error", version=version(), build=BUILD, checks=checks)
         return Response(body, status_code=200 if ok else 503)

@@ -305,6 +305,7 @@ def run(args: argparse.Namespace, work: Path, stack: ExitStack) -> bool:
                 "MAILPANEL_HOST_IPS": "192.0.2.10",
                 # The per-IP limiter runs on every request but never refuses one.
                 "MAILPANEL_RATE_LIMIT_API": RATE_LIMIT,
+                "MAILPANEL_MAILSTACK": "off",
                 "MAILPANEL_RATE_LIMIT_LOGIN": RATE_LIMIT,
             }
         ),

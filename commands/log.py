@@ -173,6 +173,11 @@ class EventLog:
         headers: dict[str, str] = msg.headers or {}
         return int(msg.seq or 0), headers.get(Header.MSG_ID.value, "")
 
+    async def last_seq_on(self, subject: str) -> int:
+        """The sequence of the last message on `subject` (0: none yet)."""
+        last = await self._last_on(subject)
+        return 0 if last is None else last[0]
+
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)

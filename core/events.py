@@ -187,6 +187,24 @@ class WhitelistEntryRemoved(_Event, tag="whitelist.entry_removed", frozen=True):
     value: str
 
 
+# ---- reconcile agents ----------------------------------------------------------------------
+
+
+class AgentReconciled(_Event, tag="agent.reconciled", frozen=True):
+    """One reconcile run of the agent on `host`: what it applied, changed, and how it went."""
+
+    host: str
+    mode: str
+    applied_seq: int
+    ok: bool
+    step: str
+    changed: dict[str, str] = {}  # rendered file -> sha256 of its new content
+    drift: tuple[str, ...] = ()  # files found changed on disk since the agent last wrote them
+    duration_ms: int = 0
+    log: tuple[str, ...] = ()
+    error: str = ""
+
+
 Event = (
     DomainCreated
     | DomainUpdated
@@ -209,6 +227,7 @@ Event = (
     | MailboxOverridesSet
     | WhitelistEntryAdded
     | WhitelistEntryRemoved
+    | AgentReconciled
 )
 
 

@@ -22,6 +22,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_login: int = 5  # per minute per source IP; 0 = off
     rate_limit_api: int = 60
     trusted_proxies: tuple[str, ...] = ()
+    # The mail stack this process's reconcile agent drives: "sandbox" (runs Postfix, Dovecot and
+    # OpenDKIM itself under the data dir, on loopback ports), "none" (renders into the data dir
+    # only), or "" for no agent at all (an API-only process).
+    mailstack: str = "none"
+    agent_host: str = ""
+    smtp_port: int = 2525
+    submission_port: int = 2587
+    imap_port: int = 1143
+    pop3_port: int = 1110
+    milter_port: int = 8891
     jwt_ttl_s: int = 24 * 3600
     publish_wait_s: float = 5.0
 

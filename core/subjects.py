@@ -52,3 +52,8 @@ def config_subject(tier: str, prefix: str = PREFIX) -> str:
 
 def whitelist_subject(entry_type: str, value: str, prefix: str = PREFIX) -> str:
     return f"{prefix}.whitelist.{encode_key(entry_type + ':' + value)}"
+
+
+def agent_subject(host: str, prefix: str = PREFIX) -> str:
+    """Each reconcile agent reports on its own subject."""
+    return f"{prefix}.agent.{encode_key(host)}"

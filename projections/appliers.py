@@ -12,6 +12,7 @@ import msgspec
 
 from core import limits
 from core.events import (
+    AgentReconciled,
     AliasCreated,
     AliasDeleted,
     AliasUpdated,
@@ -96,6 +97,7 @@ UPSERT_WHITELIST = (
 DELETE_WHITELIST = "DELETE FROM whitelist WHERE id = ?"
 # Every event on an aggregate's subject moves its row's version (its ETag and the expected
 # sequence of the next append), overrides included.
+PUT_AGENT = "INSERT OR REPLACE INTO agents (host, data, at, seq) VALUES (?, ?, ?, ?)"
 BUMP_DOMAIN = "UPDATE domains SET version = ? WHERE id = ? AND version <= ?"
 BUMP_MAILBOX = "UPDATE mailboxes SET version = ? WHERE id = ? AND version <= ?"
 UPDATE_MAILBOX_PASSWORD = (
@@ -283,6 +285,8 @@ def apply_effect(
             db.execute(UPSERT_WHITELIST, (seq, e.entry_type, e.value, e.note, at, seq))
         case WhitelistEntryRemoved() as e:
             db.execute(DELETE_WHITELIST, (e.id,))
+        case AgentReconciled() as e:
+            db.execute(PUT_AGENT, (e.host, _json.encode(e).decode(), at, seq))
         case TokenCreated() as e:
             expires = rfc3339(e.expires_at) if e.expires_at else None
             domains = _json.encode(list(e.domains)).decode()

@@ -121,6 +121,12 @@ CREATE TABLE IF NOT EXISTS whitelist (
     version INTEGER NOT NULL,
     UNIQUE (entry_type, value)
 );
+CREATE TABLE IF NOT EXISTS agents (
+    host TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    at TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS security_settings (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     data TEXT NOT NULL,
@@ -145,4 +151,5 @@ READ_MODEL_TABLES = (
     "effective_domains",
     "effective_mailboxes",
     "whitelist",
+    "agents",
 )

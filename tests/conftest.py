@@ -45,6 +45,7 @@ def settings(tmp_path: Path, nats_server: EmbeddedNats) -> Settings:
         "MAILPANEL_HOST_IPS": "192.0.2.10,192.0.2.11",
         # Generous limits for tests that are not about limits (those set their own).
         "MAILPANEL_RATE_LIMIT_API": "100000",
+        "MAILPANEL_MAILSTACK": "off",
         "MAILPANEL_RATE_LIMIT_LOGIN": "1000",
         "PATH": os.environ.get("PATH", ""),
     }

@@ -5,6 +5,8 @@ import base64
 import ipaddress
 import os
 import secrets
+import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -135,7 +137,35 @@ def load_settings(
         trusted_proxies=tuple(
             p.strip() for p in env.get("MAILPANEL_TRUSTED_PROXIES", "").split(",") if p.strip()
         ),
+        mailstack=mailstack_mode(env.get("MAILPANEL_MAILSTACK", "")),
+        agent_host=env.get("MAILPANEL_AGENT_HOST") or socket.gethostname(),
+        smtp_port=_int(env, "MAILPANEL_SMTP_PORT", 2525),
+        submission_port=_int(env, "MAILPANEL_SUBMISSION_PORT", 2587),
+        imap_port=_int(env, "MAILPANEL_IMAP_PORT", 1143),
+        pop3_port=_int(env, "MAILPANEL_POP3_PORT", 1110),
+        milter_port=_int(env, "MAILPANEL_MILTER_PORT", 8891),
     )
+
+
+MAILSTACK_MODES = ("sandbox", "none", "off")
+
+
+def mailstack_available() -> bool:
+    """Postfix and Dovecot are installed and we are root (they drop to their own users)."""
+    return os.geteuid() == 0 and all(
+        shutil.which(name) or Path(f"/usr/sbin/{name}").exists() for name in ("postfix", "dovecot")
+    )
+
+
+def mailstack_mode(given: str) -> str:
+    """The agent's mode: as given, else sandbox when the daemons can run here, else none.
+    "off" runs no agent (an API-only process)."""
+    mode = given.strip().lower()
+    if mode and mode not in MAILSTACK_MODES:
+        raise SystemExit(f"mailpanel: MAILPANEL_MAILSTACK must be one of {MAILSTACK_MODES}")
+    if not mode:
+        mode = "sandbox" if mailstack_available() else "none"
+    return "" if mode == "off" else mode
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:

@@ -148,6 +148,32 @@ def project(settings: Settings) -> None:
         run(main())
 
 
+def reconcile(settings: Settings) -> None:
+    """The reconcile agent alone, for a mail host: needs only NATS (MAILPANEL_NATS_URL)."""
+    from workers.reconcile.agent import Agent
+
+    with data_dir_lock(settings, "reconcile"), nats_for(settings) as s:
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            stop_on_signals(stop)
+            event_log = await EventLog.connect(s.nats_url, s.stream, s.prefix)
+            agent = Agent(s)
+            try:
+                await agent.start(event_log)
+                print(
+                    f"mailpanel: reconcile agent {agent.host!r} running (mail stack: {agent.mode})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await stop.wait()
+            finally:
+                await agent.stop()
+                await event_log.close()
+
+        run(main())
+
+
 def rebuild_read_model(settings: Settings) -> int:
     with data_dir_lock(settings, "rebuild"), nats_for(settings) as s:
 

@@ -56,6 +56,7 @@ def base_env(nats_url: str | None) -> dict[str, str]:
         MAILPANEL_ADMIN_PASSWORD=ADMIN_PASSWORD,
         MAILPANEL_HOST_IPS=HOST_IP,
         MAILPANEL_RATE_LIMIT_API="0",
+        MAILPANEL_MAILSTACK="off",
         MAILPANEL_RATE_LIMIT_LOGIN="0",
     )
     if nats_url:

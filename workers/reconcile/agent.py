@@ -1,0 +1,295 @@
+"""The reconcile agent: keeps one mail host's files in step with the log.
+
+It has its own durable position and its own local read model (DIR/agent/read.db, built by the
+same projector code), so a mail host needs only NATS. Level-triggered: whenever events that
+touch the mail stack arrive it waits for the burst to end (debounce), then renders the whole
+file set from the read model, and only if something differs validates a candidate, swaps it in,
+reloads the affected daemons and creates the maildirs of new mailboxes (removing those of
+deleted ones). Each run's outcome is published as an `agent.reconciled` event on its own subject.
+"""
+
+import asyncio
+import contextlib
+import difflib
+import logging
+import shutil
+import sqlite3
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from commands.log import EventLog, Unavailable, WrongSequence
+from core.events import AgentReconciled, Envelope, Meta
+from core.settings import Settings
+from core.subjects import agent_subject
+from projections.runner import Projector
+from workers.reconcile import maildirs
+from workers.reconcile.apply import apply, diff, sha256
+from workers.reconcile.layout import Layout
+from workers.reconcile.render import RenderError, render
+from workers.reconcile.stack import MailStack
+from workers.reconcile.state import MailState, load_state
+from workers.reconcile.validate import Report, validate_candidate
+
+log = logging.getLogger("mailpanel.agent")
+
+# Event kinds that change what the mail stack should look like.
+RELEVANT = ("domain.", "mailbox.", "alias.", "config.", "whitelist.", "dkim.", "tls.")
+DEBOUNCE_S = 0.15  # quiet time that ends a burst
+MAX_DELAY_S = 1.0  # a never-ending burst still applies this often
+CONTROL_SUBJECT = "ctl.reconcile"  # core NATS (not the stream): "re-render and apply now"
+
+
+def layout_for(settings: Settings) -> Layout:
+    """The sandbox instance lives under the data dir, on the configured loopback ports."""
+    return Layout(
+        root=settings.data_dir / "mailstack",
+        mail_root_dir=settings.mail_root,
+        smtp_port=settings.smtp_port,
+        submission_port=settings.submission_port,
+        imap_port=settings.imap_port,
+        pop3_port=settings.pop3_port,
+        milter_port=settings.milter_port,
+        sandbox=True,
+    )
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """What one run did (also what POST /system/reconcile answers with)."""
+
+    ok: bool
+    step: str
+    applied_seq: int
+    log: list[str]
+    changed: dict[str, str] = {}
+    drift: list[str] = []
+    diff: dict[str, str] = {}
+    daemons: list[str] = []
+    duration_ms: int = 0
+    error: str = ""
+
+
+class Agent:
+    def __init__(self, settings: Settings, layout: Layout | None = None) -> None:
+        self.settings = settings
+        self.mode = settings.mailstack
+        self.host = settings.agent_host or "localhost"
+        self.layout = layout or layout_for(settings)
+        db_path = settings.data_dir / "agent" / "read.db"
+        self.projector = Projector(db_path)
+        self.db = sqlite3.connect(db_path, check_same_thread=False)
+        self.stack = MailStack(self.layout) if self.mode == "sandbox" else None
+        self.event_log: EventLog | None = None
+        self.last: Outcome | None = None
+        self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._control: Any = None
+        self._written: dict[str, str] = {}  # rendered file -> sha256 we last wrote
+        self._mailboxes: set[tuple[str, str]] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, event_log: EventLog) -> None:
+        """Catch up, apply once (and start the sandbox daemons), then follow the log."""
+        self.event_log = event_log
+        self.projector.listeners.append(self._on_applied)
+        target = await event_log.last_seq()
+        await self.projector.start(event_log)
+        if target:
+            await self.projector.wait_for(target, 60)
+        await self.reconcile()
+        if self.stack is not None:
+            await asyncio.to_thread(self.stack.start)
+        self._control = await event_log.nc.subscribe(
+            f"{event_log.prefix}{CONTROL_SUBJECT}", cb=self._on_control
+        )
+        self._task = asyncio.create_task(self._follow(), name="reconcile-agent")
+
+    async def stop(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                await self._control.unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.projector.stop()
+        if self.stack is not None:
+            await asyncio.to_thread(self.stack.stop)
+        self.db.close()
+
+    async def _on_applied(self, tags: set[str]) -> None:
+        if any(t.startswith(RELEVANT) for t in tags):
+            self._dirty.set()
+
+    async def _on_control(self, msg: Any) -> None:
+        self._dirty.set()
+
+    async def _follow(self) -> None:
+        """Debounce: a burst of 1,000 events gives one apply, not 1,000."""
+        while True:
+            await self._dirty.wait()
+            started = time.monotonic()
+            while time.monotonic() - started < MAX_DELAY_S:
+                self._dirty.clear()
+                await asyncio.sleep(DEBOUNCE_S)
+                if not self._dirty.is_set():
+                    break
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # a run that crashed is reported; the agent goes on
+                log.exception("reconcile run failed")
+
+    # ---- one run -----------------------------------------------------------------------
+
+    async def reconcile(self, dry_run: bool = False) -> Outcome:
+        async with self._lock:
+            started = time.monotonic()
+            outcome = await asyncio.to_thread(self._run, dry_run)
+            outcome.duration_ms = int((time.monotonic() - started) * 1000)
+            if not dry_run:
+                if outcome.ok and self.stack is not None and outcome.daemons:
+                    reloaded = await asyncio.to_thread(self._reload, outcome.daemons)
+                    outcome.log.extend(reloaded)
+                self.last = outcome
+                await self._publish(outcome)
+            return outcome
+
+    def _run(self, dry_run: bool) -> Outcome:
+        state = load_state(self.db)
+        lines: list[str] = [f"read model at sequence {state.seq}"]
+        try:
+            files = render(state, self.layout)
+        except RenderError as exc:
+            return Outcome(
+                ok=False, step="render", applied_seq=state.seq, log=lines, error=str(exc)
+            )
+        lines.append(f"rendered {len(files)} files")
+        drift = self._drift()
+        if dry_run:
+            return self._dry_run(files, state.seq, lines, drift)
+        report = apply(files, self.layout)
+        lines.extend(report.log)
+        if report.ok:
+            self._written.update({rel: sha256(text) for rel, text in files.items()})
+            lines.extend(self._sync_maildirs(state))
+        return Outcome(
+            ok=report.ok,
+            step=report.step,
+            applied_seq=state.seq,
+            log=lines,
+            changed=report.changed,
+            drift=drift,
+            daemons=report.daemons,
+            error="" if report.ok else f"{report.step} failed",
+        )
+
+    def _dry_run(
+        self, files: dict[str, str], seq: int, lines: list[str], drift: list[str]
+    ) -> Outcome:
+        changed = diff(files, self.layout)
+        diffs: dict[str, str] = {}
+        for rel in changed:
+            live = self.layout.root / rel
+            old = live.read_text().splitlines(keepends=True) if live.exists() else []
+            diffs[rel] = "".join(
+                difflib.unified_diff(
+                    old, files[rel].splitlines(keepends=True), f"a/{rel}", f"b/{rel}"
+                )
+            )
+        report = self._validate_candidate(files) if changed else Report(ok=True, step="unchanged")
+        lines.extend(report.log)
+        return Outcome(
+            ok=report.ok,
+            step=report.step,
+            applied_seq=seq,
+            log=lines,
+            changed=changed,
+            drift=drift,
+            diff=diffs,
+            error="" if report.ok else f"{report.step} failed",
+        )
+
+    def _validate_candidate(self, files: dict[str, str]) -> Report:
+        scratch = Path(tempfile.mkdtemp(prefix="mp-dry-", dir=self.layout.root.parent))
+        try:
+            if self.layout.root.exists():
+                shutil.copytree(self.layout.root / "etc", scratch / "etc", dirs_exist_ok=True)
+            for rel, text in files.items():
+                target = scratch / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            return validate_candidate(scratch, self.layout)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _drift(self) -> list[str]:
+        """Rendered files on disk that differ from what this agent last wrote there."""
+        out = []
+        for rel, digest in sorted(self._written.items()):
+            path = self.layout.root / rel
+            try:
+                if sha256(path.read_text()) != digest:
+                    out.append(rel)
+            except (OSError, UnicodeDecodeError):
+                out.append(rel)
+        return out
+
+    def _sync_maildirs(self, state: MailState) -> list[str]:
+        """New mailboxes get their maildir; mailboxes gone since the last run lose theirs.
+        (After a restart nothing is removed until a mailbox disappears while we watch.)"""
+        wanted = {(m.domain, m.local) for m in state.mailboxes}
+        lines = []
+        uid, gid = self.layout.vmail_uid, self.layout.vmail_gid
+        for path in maildirs.ensure_maildirs(self.layout.mail_root, sorted(wanted), uid, gid):
+            lines.append(f"created maildir {path}")
+        if self._mailboxes is not None:
+            for domain, local in sorted(self._mailboxes - wanted):
+                if maildirs.remove_maildir(self.layout.mail_root, domain, local):
+                    lines.append(f"removed maildir of {local}@{domain}")
+        self._mailboxes = wanted
+        return lines
+
+    def _reload(self, daemons: list[str]) -> list[str]:
+        assert self.stack is not None
+        try:
+            answers = self.stack.reload(daemons)
+        except Exception as exc:
+            return [f"reload failed: {exc}"]
+        return [f"reloaded {name}: {answer}" for name, answer in sorted(answers.items())]
+
+    async def _publish(self, outcome: Outcome) -> None:
+        event_log = self.event_log
+        if event_log is None or not event_log.connected:
+            return
+        event = AgentReconciled(
+            host=self.host,
+            mode=self.mode,
+            applied_seq=outcome.applied_seq,
+            ok=outcome.ok,
+            step=outcome.step,
+            changed=outcome.changed,
+            drift=tuple(outcome.drift),
+            duration_ms=outcome.duration_ms,
+            log=tuple(outcome.log[-50:]),
+            error=outcome.error,
+        )
+        meta = Meta(actor=f"agent:{self.host}", actor_id=f"agent:{self.host}", at=datetime.now(UTC))
+        subject = agent_subject(self.host, event_log.prefix)
+        env = Envelope(meta=meta, event=event)
+        for _ in range(3):  # reports on one subject are never contended but by this agent
+            try:
+                last = await event_log.last_seq_on(subject)
+                await event_log.append(subject, env, last, f"agent-{self.host}-{time.time_ns()}")
+                return
+            except WrongSequence:
+                continue
+            except Unavailable as exc:
+                log.warning("agent report not published: %s", exc)
+                return
