@@ -177,7 +177,13 @@ class Procs:
         self._count += 1
         return self.root / f"{self._count:02d}-{name}.log"
 
-    def serve(self, data_dir: Path, nats_url: str | None, name: str = "serve") -> Server:
+    def serve(
+        self,
+        data_dir: Path,
+        nats_url: str | None,
+        name: str = "serve",
+        env: dict[str, str] | None = None,
+    ) -> Server:
         port = free_port()
         server = Server(
             name=name,
@@ -189,7 +195,7 @@ class Procs:
                 "--listen",
                 f"127.0.0.1:{port}",
             ],
-            env=base_env(nats_url),
+            env={**base_env(nats_url), **(env or {})},
             log_path=self._log(name),
             data_dir=data_dir,
             port=port,
