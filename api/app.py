@@ -11,7 +11,7 @@ from api.admin import SecurityController, TokenController
 from api.auth import AuthMiddleware
 from api.config import ConfigController, OverridesController, WhitelistController
 from api.errors import handle
-from api.reconcile import ReconcileController
+from api.reconcile import QueueController, ReconcileController
 from api.resources import AliasController, DomainController, MailboxController
 from api.runtime import Runtime
 from api.system import AuthController, SystemController, version
@@ -65,6 +65,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             OverridesController,
             WhitelistController,
             ReconcileController,
+            QueueController,
         ],
         lifespan=[lifespan],
         middleware=[AuthMiddleware()],

@@ -1,14 +1,19 @@
 """Seed sections 12-13: apply configuration now, per-agent reconcile status, daemon status."""
 
+import asyncio
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
-from api.common import principal, runtime
+from api.common import LimitParam, PageParam, principal, runtime
 from api.errors import ERROR_SPECS, ApiError
+from api.schemas import Message, PageMeta
+from workers.reconcile import queue
 from workers.reconcile.agent import CONTROL_SUBJECT
+from workers.reconcile.layout import Layout
+from workers.reconcile.queue import QueuedMessage, QueueError
 
 Req = Request[Any, Any, Any]
 DryRun = Annotated[bool, QueryParameter(description="show the validated diff, apply nothing")]
@@ -58,8 +63,7 @@ class ReconcileController(Controller):
         summary="Re-render and apply the mail-stack configuration now (?dry_run=true: diff)",
     )
     async def reconcile(self, request: Req, dry_run: DryRun = False) -> Response[Any]:
-        if principal(request).domains is not None:
-            raise ApiError(403, "FORBIDDEN", "forbidden", "a domain-scoped token cannot do this")
+        _not_domain_scoped(request)
         rt = runtime(request)
         if not dry_run and rt.event_log is not None and rt.event_log.connected:
             # every agent (on any host) listens: re-render now
@@ -132,3 +136,94 @@ def _service(request: Req, name: str) -> ServiceStatus:
     if state.running:
         return ServiceStatus(name=name, status="running", message="")
     return ServiceStatus(name=name, status="stopped", message=f"{name} is not running")
+
+
+class QueueList(msgspec.Struct, frozen=True):
+    data: list[QueuedMessage]
+    meta: PageMeta
+
+
+class DeleteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    message_id: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+def _layout(request: Req) -> Layout:
+    agent = runtime(request).agent
+    if agent is None or agent.stack is None:
+        raise ApiError(
+            503,
+            "DEPENDENCY_UNAVAILABLE",
+            "no mail stack here",
+            "this process does not run a mail stack (MAILPANEL_MAILSTACK=sandbox)",
+        )
+    return agent.layout
+
+
+async def _queue_call(fn: Any, *args: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except QueueError as exc:
+        raise ApiError(500, "INTERNAL_ERROR", "postfix queue command failed", str(exc)) from None
+
+
+class QueueController(Controller):
+    tags = ["queue"]
+
+    @get("/api/v1/postfix/queue", responses=ERROR_SPECS, summary="Messages in the Postfix queue")
+    async def list_queue(
+        self, request: Req, page: PageParam = 1, limit: LimitParam = 50
+    ) -> QueueList:
+        messages = await _queue_call(queue.list_queue, _layout(request))
+        start = (page - 1) * limit
+        return QueueList(
+            data=messages[start : start + limit],
+            meta=PageMeta(page=page, limit=limit, total=len(messages)),
+        )
+
+    @post(
+        "/api/v1/postfix/flush",
+        status_code=200,
+        responses=ERROR_SPECS,
+        summary="Try every deferred message again now (postqueue -f)",
+    )
+    async def flush(self, request: Req) -> Message:
+        _not_domain_scoped(request)
+        await _queue_call(queue.flush, _layout(request))
+        return Message("queue flushed")
+
+    @post(
+        "/api/v1/postfix/queue/delete",
+        status_code=200,
+        responses=ERROR_SPECS,
+        summary="Delete one message by queue id (postsuper -d)",
+    )
+    async def delete_message(self, request: Req, data: JSONBody[DeleteIn]) -> Message:
+        _not_domain_scoped(request)
+        if not queue.QUEUE_ID.match(data.message_id) or data.message_id.upper() == "ALL":
+            raise ApiError(
+                400,
+                "VALIDATION_FAILED",
+                "message_id is not a Postfix queue id",
+                "5 to 32 letters and digits",
+            )
+        if not await _queue_call(queue.delete, _layout(request), data.message_id):
+            raise ApiError(
+                404, "NOT_FOUND", "message not in the queue", f"no queued message {data.message_id}"
+            )
+        return Message("message deleted")
+
+    @get(
+        "/api/v1/stats/mail",
+        responses=ERROR_SPECS,
+        summary="Sent (authenticated submissions) and received (local deliveries), 1 h / 24 h",
+    )
+    async def stats(self, request: Req) -> queue.MailStats:
+        agent = runtime(request).agent
+        if agent is None or agent.stack is None:
+            return queue.MailStats()
+        return await asyncio.to_thread(queue.mail_stats, agent.layout.postfix_log)
+
+
+def _not_domain_scoped(request: Req) -> None:
+    if principal(request).domains is not None:
+        raise ApiError(403, "FORBIDDEN", "forbidden", "a domain-scoped token cannot do this")

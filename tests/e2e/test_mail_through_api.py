@@ -179,3 +179,34 @@ async def test_dry_run_shows_the_validated_diff_and_applies_nothing(stack: Stack
     assert before["message"].startswith("dry run: 0 file")
     response = await stack.client.post("/api/v1/system/reconcile")
     assert response.status_code == 200 and response.json()["message"] == "mail config applied"
+
+
+async def test_queue_routes_answer_and_never_take_all(stack: Stack):
+    listed = (await stack.client.get("/api/v1/postfix/queue")).json()
+    assert listed["meta"]["page"] == 1 and isinstance(listed["data"], list)
+    assert (await stack.client.post("/api/v1/postfix/flush")).json() == {"message": "queue flushed"}
+    for bad in ("ALL", "../x", "", "A B"):
+        response = await stack.client.post("/api/v1/postfix/queue/delete", json={"message_id": bad})
+        assert response.status_code == 400, bad
+    missing = await stack.client.post(
+        "/api/v1/postfix/queue/delete", json={"message_id": "ABCDEF1234"}
+    )
+    assert missing.status_code == 404
+
+
+async def test_received_mail_is_counted(stack: Stack):
+    domain = await stack.post("/api/v1/domains", {"name": "example.test"})
+    await stack.post(
+        "/api/v1/mailboxes", {"domain_id": domain["id"], "username": "fay", "password": PASSWORD}
+    )
+    await stack.live()
+    stack.send("fay@example.test", "count-me")
+    assert await stack.delivered("example.test", "fay", "count-me")
+    stats = (await stack.client.get("/api/v1/stats/mail")).json()
+    assert stats["recv_1h"] >= 1 and stats["recv_24h"] >= stats["recv_1h"]
+
+
+async def test_daemon_status_routes_report_running(stack: Stack):
+    for name in ("postfix", "dovecot"):
+        body = (await stack.client.get(f"/api/v1/{name}/status")).json()
+        assert body == {"name": name, "status": "running", "message": ""}
