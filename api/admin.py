@@ -88,9 +88,21 @@ class TokenController(Controller):
         responses=ERROR_SPECS,
     )
     async def create_token(self, request: Req, data: JSONBody[TokenIn]) -> TokenSecret:
+        if data.domains is not None and not data.domains:
+            raise ApiError(
+                400,
+                "VALIDATION_FAILED",
+                "domains must not be empty",
+                "omit domains for a token that reaches every domain",
+            )
         result, secret = await runtime(request).commands.create_token(
-            context(request), data.name, data.scope, tuple(data.domains or ()), data.expires_at
+            await context(request),
+            data.name,
+            data.scope,
+            tuple(data.domains or ()),
+            data.expires_at,
         )
+        _once(result.replayed)
         row = await _fetch(request, result.seq)
         return _with_secret(await _token(request, row), secret)
 
@@ -102,13 +114,29 @@ class TokenController(Controller):
     )
     async def rotate_token(self, request: Req, token_id: PathId) -> TokenSecret:
         row_id = parse_id(token_id, "token")
-        _, secret = await runtime(request).commands.rotate_token(context(request), row_id)
+        result, secret = await runtime(request).commands.rotate_token(
+            await context(request), row_id
+        )
+        _once(result.replayed)
         return _with_secret(await _token(request, await _fetch(request, row_id)), secret)
 
     @delete("/{token_id:str}", summary="Revoke a token", status_code=200, responses=ERROR_SPECS)
     async def revoke_token(self, request: Req, token_id: PathId) -> Message:
-        await runtime(request).commands.revoke_token(context(request), parse_id(token_id, "token"))
+        await runtime(request).commands.revoke_token(
+            await context(request), parse_id(token_id, "token")
+        )
         return Message("token revoked")
+
+
+def _once(replayed: bool) -> None:
+    """A secret is shown once: a retried create or rotate cannot show it again."""
+    if replayed:
+        raise ApiError(
+            409,
+            "CONFLICT",
+            "the secret was already shown",
+            "a token's secret is shown only once; rotate the token for a new one",
+        )
 
 
 def _security_out(s: SecuritySettings) -> SecurityOut:
@@ -147,7 +175,7 @@ class SecurityController(Controller):
             api_key_allowlist=tuple(data.api_key_allowlist),
             trusted_proxies=tuple(data.trusted_proxies),
         )
-        await rt.commands.set_security(context(request), wanted, rt.access.defaults)
+        await rt.commands.set_security(await context(request), wanted, rt.access.defaults)
         return _security_out(rt.access.security)
 
     @get(

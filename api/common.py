@@ -1,5 +1,7 @@
 """Small helpers shared by the controllers: ids, paging, command context, ETags."""
 
+import hashlib
+import hmac
 from typing import Annotated, Any
 
 from litestar import Request, Response
@@ -39,7 +41,7 @@ def parse_id(raw: str, what: str) -> int:
     return int(raw)
 
 
-def context(request: Request[Any, Any, Any]) -> Context:
+async def context(request: Request[Any, Any, Any]) -> Context:
     principal: Principal = request.scope["user"]
     headers = request.headers
     key = headers.get("idempotency-key", "")
@@ -47,12 +49,19 @@ def context(request: Request[Any, Any, Any]) -> Context:
         raise ApiError(
             400, "VALIDATION_FAILED", "invalid Idempotency-Key", "at most 255 characters"
         )
+    fingerprint = ""
+    if key:  # keyed by a server secret: the body may hold a password, never hash it bare
+        secret = runtime(request).settings.data_key.encode()
+        body = await request.body()
+        message = f"{request.method} {request.url.path}\n".encode() + body
+        fingerprint = hmac.new(secret, message, hashlib.sha256).hexdigest()
     return Context(
         actor=principal.name,
         actor_id=principal.id,
         source_ip=client_ip(request.scope),
         request_id=request.scope["state"].get("request_id", ""),
         idempotency_key=key,
+        fingerprint=fingerprint,
         if_match=_if_match(headers.get("if-match")),
     )
 

@@ -97,6 +97,22 @@ async def _overrides(request: Req, what: str, row_id: int, kind: type[Any]) -> A
     return kind() if row is None else msgspec.json.decode(str(row[0]).encode(), type=kind)
 
 
+CAP_FIELDS = ("max_mailboxes", "max_aliases", "quota_total_bytes")
+
+
+async def _keep_caps(request: Req, domain_id: int, wanted: DomainOverrides) -> DomainOverrides:
+    """A domain admin (domain-scoped token) may tune its domain but not lift the caps the
+    operator set on it: cap fields keep their current override; changing one is a 403."""
+    current: DomainOverrides = await _overrides(request, "domain", domain_id, DomainOverrides)
+    for field in CAP_FIELDS:
+        value = getattr(wanted, field)
+        if value is not None and value != getattr(current, field):
+            raise ApiError(
+                403, "FORBIDDEN", "forbidden", f"a domain-scoped token cannot change {field}"
+            )
+    return msgspec.structs.replace(wanted, **{f: getattr(current, f) for f in CAP_FIELDS})
+
+
 class ConfigController(Controller):
     path = "/api/v1/config"
     tags = ["config"]
@@ -110,7 +126,7 @@ class ConfigController(Controller):
     async def put_global(self, request: Req, data: JSONBody[GlobalConfigIn]) -> Message:
         _admin_only(request)
         await runtime(request).commands.set_tier(
-            context(request), "global", _core(data, GlobalConfig)
+            await context(request), "global", _core(data, GlobalConfig)
         )
         return Message("global config saved" + RECONCILING)
 
@@ -123,7 +139,7 @@ class ConfigController(Controller):
     async def put_domain_defaults(self, request: Req, data: JSONBody[DomainDefaultsIn]) -> Message:
         _admin_only(request)
         await runtime(request).commands.set_tier(
-            context(request), "domain_defaults", _core(data, DomainDefaults)
+            await context(request), "domain_defaults", _core(data, DomainDefaults)
         )
         return Message("domain defaults saved" + RECONCILING)
 
@@ -138,7 +154,7 @@ class ConfigController(Controller):
     ) -> Message:
         _admin_only(request)
         await runtime(request).commands.set_tier(
-            context(request), "mailbox_defaults", _core(data, MailboxDefaults)
+            await context(request), "mailbox_defaults", _core(data, MailboxDefaults)
         )
         return Message("mailbox defaults saved" + RECONCILING)
 
@@ -166,7 +182,9 @@ class ConfigController(Controller):
                     "greylist delay and max-age must be non-negative",
                     f"field: {field}",
                 )
-        await runtime(request).commands.set_antispam(context(request), msgspec.structs.asdict(data))
+        await runtime(request).commands.set_antispam(
+            await context(request), msgspec.structs.asdict(data)
+        )
         return Message("anti-spam config saved" + RECONCILING)
 
 
@@ -193,9 +211,10 @@ class OverridesController(Controller):
         self, request: Req, domain_id: PathId, data: JSONBody[DomainOverridesIn]
     ) -> Message:
         row_id = await _guard(request, "domains", domain_id, "domain")
-        await runtime(request).commands.set_domain_overrides(
-            context(request), row_id, _core(data, DomainOverrides)
-        )
+        wanted = _core(data, DomainOverrides)
+        if principal(request).domains is not None:
+            wanted = await _keep_caps(request, row_id, wanted)
+        await runtime(request).commands.set_domain_overrides(await context(request), row_id, wanted)
         return Message("domain overrides saved" + RECONCILING)
 
     @get(
@@ -233,7 +252,7 @@ class OverridesController(Controller):
     ) -> Message:
         row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
         await runtime(request).commands.set_mailbox_overrides(
-            context(request), row_id, _core(data, MailboxOverrides)
+            await context(request), row_id, _core(data, MailboxOverrides)
         )
         return Message("mailbox overrides saved" + RECONCILING)
 
@@ -260,6 +279,7 @@ class WhitelistController(Controller):
     async def list_entries(
         self, request: Req, page: PageParam = 1, limit: LimitParam = 50
     ) -> WhitelistList:
+        _admin_only(request)
         rows, total = await queries.page(
             runtime(request).reader, "whitelist", limit, (page - 1) * limit
         )
@@ -277,7 +297,7 @@ class WhitelistController(Controller):
     async def add_entry(self, request: Req, data: JSONBody[WhitelistIn]) -> WhitelistEntry:
         _admin_only(request)
         result = await runtime(request).commands.add_whitelist(
-            context(request), data.entry_type, data.value, data.note
+            await context(request), data.entry_type, data.value, data.note
         )
         row = await queries.first(
             runtime(request).reader,
@@ -292,6 +312,6 @@ class WhitelistController(Controller):
     async def remove_entry(self, request: Req, entry_id: PathId) -> Message:
         _admin_only(request)
         await runtime(request).commands.remove_whitelist(
-            context(request), parse_id(entry_id, "whitelist entry")
+            await context(request), parse_id(entry_id, "whitelist entry")
         )
         return Message("whitelist entry deleted" + RECONCILING)

@@ -60,7 +60,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (PermissionDeniedException, 403, "FORBIDDEN"),
     (NotFoundException, 404, "NOT_FOUND"),
     (MethodNotAllowedException, 405, "METHOD_NOT_ALLOWED"),
-    (ClientException, 400, "VALIDATION_FAILED"),  # after its subclasses above
+    (ClientException, 400, "VALIDATION_FAILED"),  # after its subclasses above; keeps e.g. 413
 )
 
 
@@ -104,6 +104,8 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBod
         return error_response(status, code, "dependency unavailable", str(exc))
     if isinstance(exc, ValidationException):
         return error_response(status, code, "validation failed", _validation_detail(exc))
+    if isinstance(exc, ClientException) and exc.status_code != status and exc.status_code < 500:
+        status = exc.status_code  # 413, 415, …: the framework's status, our flat shape
     if isinstance(exc, HTTPException) and status != 500:
         if isinstance(exc, MethodNotAllowedException):
             headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}

@@ -90,6 +90,7 @@ class ReconcileController(Controller):
         summary="Every reconcile agent: applied sequence, lag, last result, drift",
     )
     async def status(self, request: Req) -> AgentStatusList:
+        _not_domain_scoped(request)
         rt = runtime(request)
         head = rt.projector.applied
         rows = await rt.reader.execute_fetchall(AGENTS)
@@ -173,6 +174,7 @@ class QueueController(Controller):
     async def list_queue(
         self, request: Req, page: PageParam = 1, limit: LimitParam = 50
     ) -> QueueList:
+        _not_domain_scoped(request)  # the queue shows every domain's senders and recipients
         messages = await _queue_call(queue.list_queue, _layout(request))
         start = (page - 1) * limit
         return QueueList(

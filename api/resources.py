@@ -34,6 +34,7 @@ from api.schemas import (
     PageMeta,
     PasswordIn,
 )
+from commands import normalize
 from commands.service import Result
 from core.events import AliasCreated, DomainCreated, MailboxCreated
 from projections import queries
@@ -159,7 +160,7 @@ class DomainController(Controller):
                 403, "FORBIDDEN", "forbidden", "a domain-scoped token cannot add domains"
             )
         result = await runtime(request).commands.create_domain(
-            context(request), data.name, data.outgoing_ip
+            await context(request), data.name, data.outgoing_ip
         )
         return _created(result)
 
@@ -168,8 +169,12 @@ class DomainController(Controller):
         self, request: Req, domain_id: PathId, data: JSONBody[DomainPatch]
     ) -> Response[Domain]:
         row_id = await _guard(request, "domains", domain_id, "domain")
+        if data.outgoing_ip is not None and principal(request).domains is not None:
+            raise ApiError(
+                403, "FORBIDDEN", "forbidden", "a domain-scoped token cannot change the outgoing IP"
+            )
         await runtime(request).commands.update_domain(
-            context(request), row_id, data.active, data.outgoing_ip
+            await context(request), row_id, data.active, data.outgoing_ip
         )
         row = await _fetch(request, "domains", row_id, "domain")
         return with_etag(_domain(row), row[-1])
@@ -182,7 +187,7 @@ class DomainController(Controller):
     )
     async def delete_domain(self, request: Req, domain_id: PathId) -> Message:
         row_id = await _guard(request, "domains", domain_id, "domain")
-        await runtime(request).commands.delete_domain(context(request), row_id)
+        await runtime(request).commands.delete_domain(await context(request), row_id)
         return Message("domain deleted")
 
 
@@ -218,7 +223,7 @@ class MailboxController(Controller):
         if not await _visible(request, None, data.domain_id):
             raise ApiError(404, "NOT_FOUND", "domain not found", "no such domain")
         result = await runtime(request).commands.create_mailbox(
-            context(request), data.domain_id, data.username, data.password, data.quota
+            await context(request), data.domain_id, data.username, data.password, data.quota
         )
         row = await queries.one(runtime(request).reader, "mailboxes", result.seq)
         if row is not None:  # the effective quota (the default when none was given)
@@ -230,7 +235,9 @@ class MailboxController(Controller):
         self, request: Req, mailbox_id: PathId, data: JSONBody[PasswordIn]
     ) -> Message:
         row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
-        await runtime(request).commands.change_password(context(request), row_id, data.password)
+        await runtime(request).commands.change_password(
+            await context(request), row_id, data.password
+        )
         return Message("password updated")
 
     @patch("/{mailbox_id:str}", summary="Set active and/or quota", responses=ERROR_SPECS)
@@ -239,7 +246,7 @@ class MailboxController(Controller):
     ) -> Response[Mailbox]:
         row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
         await runtime(request).commands.update_mailbox(
-            context(request), row_id, data.active, data.quota
+            await context(request), row_id, data.active, data.quota
         )
         row = await _fetch(request, "mailboxes", row_id, "mailbox")
         return with_etag(_mailbox(row), row[-1])
@@ -247,7 +254,7 @@ class MailboxController(Controller):
     @delete("/{mailbox_id:str}", summary="Delete a mailbox", responses=ERROR_SPECS, status_code=200)
     async def delete_mailbox(self, request: Req, mailbox_id: PathId) -> Message:
         row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
-        await runtime(request).commands.delete_mailbox(context(request), row_id)
+        await runtime(request).commands.delete_mailbox(await context(request), row_id)
         return Message("mailbox deleted")
 
 
@@ -280,15 +287,16 @@ class AliasController(Controller):
 
     @post("/", summary="Create an alias", responses=ERROR_SPECS, status_code=201)
     async def create_alias(self, request: Req, data: JSONBody[AliasIn]) -> Response[Alias]:
-        source_domain = data.source.strip().rpartition("@")[2].lower().rstrip(".")
-        if principal(request).domains is not None and not principal(request).sees(source_domain):
+        who = principal(request)
+        source_domain = normalize.alias_source(data.source).rpartition("@")[2]
+        if who.domains is not None and not who.sees(source_domain):
             raise ApiError(
                 400,
                 "VALIDATION_FAILED",
                 f"source domain {source_domain} is not managed by this server",
             )
         result = await runtime(request).commands.create_alias(
-            context(request), data.source, data.destination
+            await context(request), data.source, data.destination
         )
         return _created(result)
 
@@ -297,12 +305,14 @@ class AliasController(Controller):
         self, request: Req, alias_id: PathId, data: JSONBody[AliasPatch]
     ) -> Response[Alias]:
         row_id = await _guard(request, "aliases", alias_id, "alias")
-        await runtime(request).commands.update_alias(context(request), row_id, data.destination)
+        await runtime(request).commands.update_alias(
+            await context(request), row_id, data.destination
+        )
         row = await _fetch(request, "aliases", row_id, "alias")
         return with_etag(_alias(row), row[-1])
 
     @delete("/{alias_id:str}", summary="Delete an alias", responses=ERROR_SPECS, status_code=200)
     async def delete_alias(self, request: Req, alias_id: PathId) -> Message:
         row_id = await _guard(request, "aliases", alias_id, "alias")
-        await runtime(request).commands.delete_alias(context(request), row_id)
+        await runtime(request).commands.delete_alias(await context(request), row_id)
         return Message("alias deleted")

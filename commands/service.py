@@ -44,10 +44,10 @@ LEAST_USED_IP = (
     "SELECT outgoing_ip, count(*) FROM domains WHERE outgoing_ip IN ({}) GROUP BY outgoing_ip"
 )
 EVENT_BY_COMMAND = (
-    "SELECT seq, data FROM events WHERE command_id = ? AND command_id GLOB 'idem-*' "
+    "SELECT seq, data, outcome FROM events WHERE command_id = ? AND command_id GLOB 'idem-*' "
     "ORDER BY seq LIMIT 1"
 )
-EVENT_AT = "SELECT data FROM events WHERE seq = ?"
+EVENT_AT = "SELECT seq, data, outcome FROM events WHERE seq = ?"
 # Events the projector may leave without effect (a cap reached, the domain deleted meanwhile).
 REJECTABLE = (MailboxCreated, MailboxUpdated, AliasCreated)
 
@@ -69,6 +69,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     source_ip: str = ""
     request_id: str = ""
     idempotency_key: str = ""
+    fingerprint: str = ""
     if_match: int | None = None
 
 
@@ -124,7 +125,7 @@ class Commands:
     ) -> Result:
         command_id = self._command_id(ctx)
         if ctx.idempotency_key:
-            earlier = await self._earlier(command_id)
+            earlier = await self._earlier(command_id, ctx.fingerprint)
             if earlier is not None:
                 return earlier
         for _ in range(MAX_ATTEMPTS):
@@ -151,7 +152,7 @@ class Commands:
                 continue
             await self.wait(seq)
             if duplicate:  # an earlier attempt of this very command was stored: answer with it
-                earlier = await self._stored(seq)
+                earlier = await self._stored(EVENT_AT, seq, ctx.fingerprint)
                 if earlier is not None:
                     return earlier
             if isinstance(events[0], REJECTABLE):
@@ -162,7 +163,10 @@ class Commands:
     async def _check_outcome(self, seq: int) -> None:
         """A concurrent request may have taken the last slot: the projector, which applies the
         log in order, is the arbiter, and remembers what it left without effect."""
-        reason = self.waiter.rejection(seq)
+        self._refuse(self.waiter.rejection(seq))
+
+    @staticmethod
+    def _refuse(reason: str) -> None:
         if reason == "the domain no longer exists":
             raise NotFound("domain not found", "the domain was deleted meanwhile")
         if reason:
@@ -194,22 +198,28 @@ class Commands:
             request_id=ctx.request_id,
             command_id=command_id,
             at=now,
+            fingerprint=ctx.fingerprint if ctx.idempotency_key else "",
         )
 
-    async def _earlier(self, command_id: str) -> Result | None:
+    async def _earlier(self, command_id: str, fingerprint: str) -> Result | None:
         """The result of an earlier command with the same Idempotency-Key, if any."""
-        async with self.db.execute(EVENT_BY_COMMAND, (command_id,)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else self._replayed(int(row[0]), str(row[1]))
+        return await self._stored(EVENT_BY_COMMAND, command_id, fingerprint)
 
-    async def _stored(self, seq: int) -> Result | None:
-        async with self.db.execute(EVENT_AT, (seq,)) as cur:
+    async def _stored(self, sql: str, key: object, fingerprint: str) -> Result | None:
+        """A stored command's result, as the first answer gave it: the same object, or the
+        same refusal when the projector left it without effect."""
+        async with self.db.execute(sql, (key,)) as cur:
             row = await cur.fetchone()
-        return None if row is None else self._replayed(seq, str(row[0]))
-
-    @staticmethod
-    def _replayed(seq: int, data: str) -> Result:
-        env = decode(data.encode())
+        if row is None:
+            return None
+        seq, env, outcome = int(row[0]), decode(str(row[1]).encode()), str(row[2])
+        if env.meta.fingerprint != fingerprint:
+            raise Conflict(
+                "Idempotency-Key already used",
+                "that key was used for a different request; use a new key for a new request",
+            )
+        if outcome.startswith("rejected: "):
+            self._refuse(outcome.removeprefix("rejected: "))
         return Result(seq=seq, event=env.event, at=env.meta.at, replayed=True)
 
     # ---- domains -----------------------------------------------------------------------

@@ -41,7 +41,7 @@ def decide(cmd: Command, state: DomainState) -> list[Event]:
         case CreateDomain(name=name, outgoing_ip=ip):
             check_domain_name(name)
             if ip:
-                check_ip(ip)
+                ip = check_ip(ip)
             if state.id is not None:
                 raise Conflict("domain already exists", f"a domain named {name} exists")
             return [DomainCreated(name=name, outgoing_ip=ip)]

@@ -21,7 +21,7 @@ from core.config import (
 SCHEMA_VERSION = 1
 
 
-class Meta(msgspec.Struct, frozen=True, kw_only=True):
+class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Who did it, from where, in which request, and when (set by the command, not the decider)."""
 
     actor: str
@@ -30,6 +30,9 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str = ""
     command_id: str = ""
     at: datetime
+    # HMAC of the request (method, path, body) that made an Idempotency-Key command, so a
+    # key reused for a different request is refused instead of answered with the first one.
+    fingerprint: str = ""
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -18,6 +18,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_secret: str = ""
     data_key: str = ""  # base64 AES-256 key for secrets in events
     data_key_id: str = ""
+    nats_password: str = ""  # for the embedded nats-server (config.env NATS_PASSWORD)
     host_ips: tuple[str, ...] = ()
     rate_limit_login: int = 5  # per minute per source IP; 0 = off
     rate_limit_api: int = 60

@@ -336,6 +336,7 @@ def apply_batch(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, dict[in
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
+        effective.invalidate(db)  # tiers cached from the rolled-back batch are not true
         raise
     return max(last, done), rejected
 

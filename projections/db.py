@@ -1,5 +1,6 @@
 """Opening read-model databases: the projector's writer and the API's aiosqlite reader."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -8,12 +9,25 @@ import aiosqlite
 from projections.schema import DDL, PRAGMAS, READ_MODEL_TABLES
 
 
+def private(path: Path) -> None:
+    """The read model holds password and token hashes: owner-only, like config.env. SQLite
+    gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.exists():
+            p.chmod(0o600)
+
+
 def open_writer(path: Path) -> sqlite3.Connection:
     """The projector's one writer. Batches run in a worker thread (one hop per batch instead
     of one per statement, as aiosqlite would need), so the connection is not thread-bound;
     only one batch uses it at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private(path)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    from projections.effective import invalidate
+
+    invalidate(db)  # a new connection may reuse an old one's id: no cached tiers
     for pragma in PRAGMAS:
         db.execute(pragma)
     db.executescript(DDL)
@@ -22,6 +36,7 @@ def open_writer(path: Path) -> sqlite3.Connection:
 
 async def open_reader(path: Path) -> aiosqlite.Connection:
     """A query connection for the API; WAL lets it read while the projector writes."""
+    private(path)
     db = await aiosqlite.connect(path, isolation_level=None)
     for pragma in PRAGMAS:
         await db.execute(pragma)

@@ -66,6 +66,9 @@ def ensure_config_env(path: Path, env: dict[str, str], announce: bool = True) ->
     if "JWT_SECRET" not in values:
         values["JWT_SECRET"] = secrets.token_urlsafe(48)
         added.append("JWT_SECRET")
+    if "NATS_PASSWORD" not in values:
+        values["NATS_PASSWORD"] = secrets.token_urlsafe(24)
+        added.append("NATS_PASSWORD")
     if "DATA_KEY" not in values:
         values["DATA_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
         values["DATA_KEY_ID"] = "k" + secrets.token_hex(4)
@@ -131,6 +134,7 @@ def load_settings(
         jwt_secret=values["JWT_SECRET"],
         data_key=values["DATA_KEY"],
         data_key_id=values.get("DATA_KEY_ID", ""),
+        nats_password=values["NATS_PASSWORD"],
         host_ips=host_ips(env),
         rate_limit_login=_int(env, "MAILPANEL_RATE_LIMIT_LOGIN", 5),
         rate_limit_api=_int(env, "MAILPANEL_RATE_LIMIT_API", 60),

@@ -6,6 +6,7 @@ so a restart never finds an orphan holding the store.
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 PR_SET_PDEATHSIG = 1
 
@@ -49,26 +51,56 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 class EmbeddedNats:
-    def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 4222) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 4222,
+        user: str = "",
+        password: str = "",
+    ) -> None:
+        """With a user and password the server refuses anyone else: the log is the source of
+        truth, and any local process could otherwise append to it."""
         self.store_dir = store_dir
         self.host = host
         self.port = port
+        self.user = user
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """Without credentials (safe to print or write down)."""
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def client_url(self) -> str:
+        if not self.user:
+            return self.url
+        return f"nats://{quote(self.user)}:{quote(self.password)}@{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.chmod(0o700)  # events hold password and token hashes
         pid_file = self.store_dir / "nats-server.pid"
         self._kill_stale(pid_file)
         if self.port == 0 or not port_is_free(self.host, self.port):
             self.port = free_port(self.host)
         log = open(self.store_dir / "nats-server.log", "ab")
+        auth: list[str] = []
+        if self.user:  # in a 0600 file, not on the command line where any user could read it
+            conf = self.store_dir / "auth.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(
+                    f"authorization {{\n  user: {json.dumps(self.user)}\n"
+                    f"  password: {json.dumps(self.password)}\n}}\n"
+                )
+            auth = ["-c", str(conf)]
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
+                *auth,
                 "-a",
                 self.host,
                 "-p",

@@ -44,17 +44,25 @@ def data_dir_lock(settings: Settings, what: str) -> Iterator[None]:
         os.close(fd)
 
 
+def redact(url: str) -> str:
+    """A NATS URL without its credentials, for logs."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
 @contextmanager
 def nats_for(settings: Settings) -> Iterator[Settings]:
     """The settings with a NATS URL: MAILPANEL_NATS_URL, or an embedded server under DIR."""
     if settings.nats_url:
         yield settings
         return
-    embedded = EmbeddedNats(settings.data_dir / "nats")
+    embedded = EmbeddedNats(
+        settings.data_dir / "nats", user="mailpanel", password=settings.nats_password
+    )
     embedded.start()
-    (settings.data_dir / "nats.url").write_text(embedded.url + "\n")
+    (settings.data_dir / "nats.url").write_text(embedded.url + "\n")  # no credentials
     try:
-        yield msgspec.structs.replace(settings, nats_url=embedded.url)
+        yield msgspec.structs.replace(settings, nats_url=embedded.client_url)
     finally:
         embedded.stop()
 
@@ -94,7 +102,7 @@ async def run_api(settings: Settings, stop: asyncio.Event) -> None:
     if server.started:
         print(
             f"mailpanel: API listening on http://{settings.listen_host}:{settings.listen_port} "
-            f"(NATS {settings.nats_url})",
+            f"(NATS {redact(settings.nats_url)})",
             file=sys.stderr,
             flush=True,
         )

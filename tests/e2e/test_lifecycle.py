@@ -136,3 +136,19 @@ async def until_listed(
         if names <= {d["name"] for d in listed} or time.monotonic() > deadline:
             return listed
         await asyncio.sleep(0.05)
+
+
+async def test_the_embedded_nats_server_refuses_clients_without_credentials(
+    procs: Procs, tmp_path: Path
+) -> None:
+    import nats
+    import nats.errors
+
+    data = tmp_path / "data"
+    await embedded_serve(procs, data)
+    url = (data / "nats.url").read_text().strip()
+    assert "@" not in url  # no credentials written next to the data
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await asyncio.wait_for(
+            nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0), 5
+        )
