@@ -1,5 +1,8 @@
 """`python -m bench`: one nats-server, the real app and the bare app as subprocesses, the load
-generator as a third; then replay. Prints a table and three ratios.
+generator as a third; then replay; then render at scale (bench.render: the pure render() and
+load_state for 10,000 and 100,000 mailboxes + aliases) and the time from a command's 201 to the
+change being live in a sandbox mail stack (bench.live; skipped, with the reason, where the
+sandbox cannot run). Prints a table, three ratios and those figures.
 
 Each ratio is real / baseline from this run only. A pair runs in ABBA order over the rounds
 (real, bare, bare, real, ...), so drift in the machine's load hits both sides alike; a
@@ -25,7 +28,8 @@ from typing import Any
 
 import aiohttp
 
-from bench import replay
+from bench import live, replay
+from bench import render as render_bench
 from bench.bare import PREFIX as BARE_PREFIX
 from bench.bare import STREAM as BARE_STREAM
 from bench.load import quantile
@@ -216,6 +220,7 @@ def report(
     rep: dict[str, Any],
     sizes: dict[str, int],
     load_before: float,
+    figures: list[str],
 ) -> bool:
     """Print everything; True when no request failed."""
     print()
@@ -272,6 +277,8 @@ def report(
         f"  rebuilt read model: {counts['events']:,} events, {counts['domains']:,} domains, "
         f"{counts['aliases']:,} aliases"
     )
+    for line in figures:
+        print(line)
     print()
     print("ratios (same run):")
     for pair in PAIRS:
@@ -282,6 +289,26 @@ def report(
         print()
         print("bench: some requests failed (non-2xx or connection errors); figures are suspect")
     return clean
+
+
+def scale_and_live(args: argparse.Namespace, work: Path) -> tuple[list[str], bool]:
+    """Render at scale (in this process) and time to live (its own nats-server and sandbox
+    `mailpanel serve`, all stopped before it returns): the lines to print, and whether the
+    figures can be trusted."""
+    lines: list[str] = []
+    ok = True
+    sizes = tuple(int(n) for n in args.render_sizes.split(",") if n.strip())
+    if sizes:
+        print(f"bench: render at {', '.join(f'{n:,}' for n in sizes)} mailboxes ...", flush=True)
+        found, good = render_bench.run(sizes, not args.no_load_state, work=work)
+        lines += ["", *found]
+        ok = ok and good
+    if args.live_samples > 0:
+        print(f"bench: time to live, {args.live_samples} samples (sandbox) ...", flush=True)
+        found, good = live.run(args.live_samples)
+        lines += ["", *found]
+        ok = ok and good
+    return lines, ok
 
 
 def run(args: argparse.Namespace, work: Path, stack: ExitStack) -> bool:
@@ -350,7 +377,8 @@ def run(args: argparse.Namespace, work: Path, stack: ExitStack) -> bool:
     real.stop()
     print(f"bench: replay of {args.events:,} events ...", flush=True)
     rep = asyncio.run(run_replay(nats_server.url, work, args.events, args.replay_rounds))
-    ok = report(args, results, rep, sizes, load_before)
+    figures, figures_ok = scale_and_live(args, work)
+    ok = report(args, results, rep, sizes, load_before, figures) and figures_ok
     print(f"\nbench: {created:,} aliases answered 201 (warm-ups included); the real read model")
     print(f"       lists {stored:,}{'' if stored == created else '  << MISMATCH'}")
     return ok and stored == created
@@ -365,6 +393,15 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200_000, help="per run")
     parser.add_argument("--events", type=int, default=20_000, help="events to replay")
     parser.add_argument("--replay-rounds", type=int, default=3, help="replay runs (median)")
+    parser.add_argument(
+        "--render-sizes",
+        default=",".join(str(n) for n in render_bench.SIZES),
+        help="mailboxes (and as many aliases) per render figure; empty to skip",
+    )
+    parser.add_argument("--no-load-state", action="store_true", help="skip timing load_state")
+    parser.add_argument(
+        "--live-samples", type=int, default=30, help="time-to-live samples; 0 to skip"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
