@@ -131,9 +131,12 @@ def load_settings(
         api_key=env.get("MAILPANEL_API_KEY") or values["API_KEY"],
         admin_user=env.get("MAILPANEL_ADMIN_USER") or "admin",
         admin_password_hash=admin_hash,
-        jwt_secret=values["JWT_SECRET"],
-        data_key=values["DATA_KEY"],
-        data_key_id=values.get("DATA_KEY_ID", ""),
+        # Several API processes must share these (a JWT from one is checked by another; a
+        # fingerprint or an encrypted key written by one is read by another): one config.env,
+        # or the same values in the environment of each.
+        jwt_secret=env.get("MAILPANEL_JWT_SECRET") or values["JWT_SECRET"],
+        data_key=env.get("MAILPANEL_DATA_KEY") or values["DATA_KEY"],
+        data_key_id=env.get("MAILPANEL_DATA_KEY_ID") or values.get("DATA_KEY_ID", ""),
         nats_password=values["NATS_PASSWORD"],
         host_ips=host_ips(env),
         rate_limit_login=_int(env, "MAILPANEL_RATE_LIMIT_LOGIN", 5),

@@ -57,6 +57,9 @@ def base_env(nats_url: str | None) -> dict[str, str]:
         MAILPANEL_HOST_IPS=HOST_IP,
         MAILPANEL_RATE_LIMIT_API="0",
         MAILPANEL_MAILSTACK="off",
+        # Processes of one deployment share their secrets (README: several API processes).
+        MAILPANEL_JWT_SECRET="e2e-jwt-secret-0123456789abcdef",
+        MAILPANEL_DATA_KEY="ZTJlLWRhdGEta2V5LTAxMjM0NTY3ODlhYmNkZWYwMTI=",
         MAILPANEL_RATE_LIMIT_LOGIN="0",
     )
     if nats_url:
