@@ -50,7 +50,6 @@ SET_SUBJECT = (
     "ON CONFLICT(subject) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
 )
 PRIOR_OUTCOME = "SELECT outcome FROM events WHERE seq = ?"
-PRIOR_OUTCOMES = "SELECT seq, outcome FROM events WHERE seq BETWEEN ? AND ?"
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (seq, subject, type, at, actor, actor_id, source_ip, "
     "request_id, command_id, data, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -314,7 +313,8 @@ def apply_batch(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, dict[in
         row = db.execute("SELECT seq FROM checkpoint WHERE name = ?", (CHECKPOINT,)).fetchone()
         done = row[0] if row else 0
         last = done
-        priors = dict(db.execute(PRIOR_OUTCOMES, (batch[0].seq, batch[-1].seq)).fetchall())
+        # Past the checkpoint no event can have been applied (the index row and the checkpoint
+        # commit together), so there is no earlier decision to look up.
         subjects: list[tuple[str, int]] = []
         index: list[tuple[object, ...]] = []
         usage: Usage = {}
@@ -322,7 +322,7 @@ def apply_batch(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, dict[in
             if item.seq <= done:
                 continue
             at = rfc3339(item.env.meta.at)
-            reason = apply_effect(db, item, at, priors.get(item.seq), usage)
+            reason = apply_effect(db, item, at, None, usage)
             if reason:
                 rejected[item.seq] = reason
             subjects.append((item.subject, item.seq))

@@ -4,6 +4,8 @@ A decode failure stops the projector loudly; it never skips an event.
 """
 
 import asyncio
+import heapq
+import itertools
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -52,7 +54,10 @@ class Projector:
         # two method calls per message, which showed in replay profiles).
         self._arrived: list[tuple[int, str, bytes]] = []
         self._wake = asyncio.Event()
-        self._changed = asyncio.Condition()
+        # Waiters by the sequence they wait for: only those now satisfied are woken (a
+        # Condition woke every waiter on every batch, which showed under concurrent writes).
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
         # Called with the tags of each applied batch, before waiters are released, so a
@@ -83,8 +88,7 @@ class Projector:
         except BaseException as exc:
             self.failed = exc
             log.critical("projector stopped: %s", exc)
-            async with self._changed:
-                self._changed.notify_all()
+            self._release(all_waiters=True)
 
     async def apply_raw(self, raw: list[tuple[int, str, bytes]]) -> None:
         batch: list[Item] = []
@@ -105,9 +109,14 @@ class Projector:
             tags = {event_tag(item.env.event) for item in batch}
             for listener in self.listeners:
                 await listener(tags)
-        async with self._changed:
-            self.applied = applied
-            self._changed.notify_all()
+        self.applied = applied
+        self._release()
+
+    def _release(self, all_waiters: bool = False) -> None:
+        while self._waiters and (all_waiters or self._waiters[0][0] <= self.applied):
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
 
     def rejection(self, seq: int) -> str:
         """Why event `seq` was left without effect ("" if it took effect or is unknown)."""
@@ -117,18 +126,18 @@ class Projector:
         """True once the read model has applied `seq` (read-your-writes), False on timeout."""
         if self.applied >= seq:
             return True
-
-        def ready() -> bool:
-            return self.applied >= seq or self.failed is not None
-
+        if self.failed is not None:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), future))
         try:
-            async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return False
         return self.applied >= seq
 
     async def stop(self) -> None:
+        self._release(all_waiters=True)
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
