@@ -97,11 +97,12 @@ class Agent:
     async def start(self, event_log: EventLog) -> None:
         """Catch up, apply once (and start the sandbox daemons), then follow the log."""
         self.event_log = event_log
-        self.projector.listeners.append(self._on_applied)
         target = await event_log.last_seq()
         await self.projector.start(event_log)
         if target:
             await self.projector.wait_for(target, 60)
+        # Listen only now: the catch-up is covered by the run below, not by a second one.
+        self.projector.listeners.append(self._on_applied)
         await self.reconcile()
         if self.stack is not None:
             await asyncio.to_thread(self.stack.start)
@@ -152,11 +153,10 @@ class Agent:
         async with self._lock:
             started = time.monotonic()
             outcome = await asyncio.to_thread(self._run, dry_run)
-            outcome.duration_ms = int((time.monotonic() - started) * 1000)
+            if not dry_run and outcome.ok and self.stack is not None and outcome.daemons:
+                outcome.log.extend(await asyncio.to_thread(self._reload, outcome.daemons))
+            outcome.duration_ms = int((time.monotonic() - started) * 1000)  # reload included
             if not dry_run:
-                if outcome.ok and self.stack is not None and outcome.daemons:
-                    reloaded = await asyncio.to_thread(self._reload, outcome.daemons)
-                    outcome.log.extend(reloaded)
                 self.last = outcome
                 await self._publish(outcome)
             return outcome
