@@ -32,12 +32,12 @@ from api.schemas import (
 )
 from core.config import (
     ANTISPAM_FIELDS,
+    TIER_TYPES,
     DomainDefaults,
     DomainOverrides,
     GlobalConfig,
     MailboxDefaults,
     MailboxOverrides,
-    Tier,
 )
 from projections import queries
 
@@ -45,10 +45,10 @@ Req = Request[Any, Any, Any]
 Explain = Annotated[bool, QueryParameter(description="add each field's tier and event")]
 RECONCILING = "; reconciling…"
 
-TIERS: dict[str, tuple[type[Tier], type[Any]]] = {
-    "global": (GlobalConfig, GlobalConfigOut),
-    "domain_defaults": (DomainDefaults, DomainDefaultsOut),
-    "mailbox_defaults": (MailboxDefaults, MailboxDefaultsOut),
+TIER_OUT: dict[str, type[Any]] = {
+    "global": GlobalConfigOut,
+    "domain_defaults": DomainDefaultsOut,
+    "mailbox_defaults": MailboxDefaultsOut,
 }
 
 
@@ -58,7 +58,7 @@ def _core(value: Any, kind: type[Any]) -> Any:
 
 
 async def _tier(request: Req, name: str) -> Any:
-    kind, out = TIERS[name]
+    kind, out = TIER_TYPES[name], TIER_OUT[name]
     row = await queries.first(runtime(request).reader, queries.GET_TIER, (name,))
     current = kind() if row is None else msgspec.json.decode(str(row[0]).encode(), type=kind)
     return out(**msgspec.structs.asdict(current), updated_at=None if row is None else row[1])

@@ -13,14 +13,7 @@ import aiosqlite
 import msgspec
 
 from core.alias import AliasState
-from core.config import (
-    DomainDefaults,
-    DomainOverrides,
-    GlobalConfig,
-    MailboxDefaults,
-    MailboxOverrides,
-    Tier,
-)
+from core.config import TIER_TYPES, DomainOverrides, MailboxOverrides
 from core.domain import DomainState
 from core.errors import NotFound
 from core.events import SecuritySettingsChanged
@@ -39,6 +32,7 @@ from core.tiers import OverridesState, TierState
 from core.token import TokenState
 from core.whitelist import EntryState
 from projections.effective import USAGE, usage_from
+from projections.queries import OVERRIDES
 
 
 def at_subject(sql: str) -> str:
@@ -57,6 +51,7 @@ ALIAS_BY_ID = "SELECT id, source, destination, version FROM aliases WHERE id = ?
 
 
 S = TypeVar("S")
+OverridesT = TypeVar("OverridesT", DomainOverrides, MailboxOverrides)
 
 
 class Loaded(Generic[S]):
@@ -116,11 +111,6 @@ async def domain_by_id(
 async def domain_ref(db: aiosqlite.Connection, domain_id: int) -> DomainRef:
     row = await _one(db, DOMAIN_BY_ID, (domain_id,))
     return DomainRef() if row is None else DomainRef(id=domain_id, name=str(row[1]))
-
-
-async def domain_ref_by_name(db: aiosqlite.Connection, name: str) -> DomainRef:
-    row = await _one(db, DOMAIN_BY_NAME, (name,))
-    return DomainRef() if row is None else DomainRef(id=int(row[0]), name=name)
 
 
 ADDRESS_AT = (
@@ -216,18 +206,10 @@ async def security(
 
 
 TIER_ROW = "SELECT data, seq FROM config_tiers WHERE name = ?"
-DOMAIN_OVERRIDES_ROW = "SELECT data FROM domain_overrides WHERE domain_id = ?"
-MAILBOX_OVERRIDES_ROW = "SELECT data FROM mailbox_overrides WHERE mailbox_id = ?"
 WHITELIST_AT = (
     "SELECT id, entry_type, value, version FROM whitelist WHERE entry_type = ? AND value = ?"
 )
 WHITELIST_BY_ID = "SELECT id, entry_type, value, version FROM whitelist WHERE id = ?"
-
-TIER_TYPES: dict[str, type[Tier]] = {
-    "global": GlobalConfig,
-    "domain_defaults": DomainDefaults,
-    "mailbox_defaults": MailboxDefaults,
-}
 
 
 TIER_AT = at_subject(TIER_ROW)
@@ -242,16 +224,18 @@ async def tier(db: aiosqlite.Connection, name: str, prefix: str) -> Loaded[TierS
     return Loaded(TierState(current=current), subject, seq)
 
 
+async def _overrides(
+    db: aiosqlite.Connection, what: str, row_id: int, kind: type[OverridesT]
+) -> OverridesT:
+    row = await _one(db, OVERRIDES[what], (row_id,))
+    return kind() if row is None else msgspec.json.decode(str(row[0]).encode(), type=kind)
+
+
 async def domain_overrides(
     db: aiosqlite.Connection, domain_id: int, prefix: str
 ) -> Loaded[OverridesState]:
-    domain = await domain_by_id(db, domain_id, prefix)
-    row = await _one(db, DOMAIN_OVERRIDES_ROW, (domain_id,))
-    current = (
-        msgspec.json.decode(str(row[0]).encode(), type=DomainOverrides)
-        if row
-        else DomainOverrides()
-    )
+    domain = await domain_by_id(db, domain_id, prefix)  # version first, then the state
+    current = await _overrides(db, "domain", domain_id, DomainOverrides)
     state = OverridesState(id=domain_id, key=domain.state.name, current=current)
     return Loaded(state, domain.subject, domain.version)
 
@@ -260,12 +244,7 @@ async def mailbox_overrides(
     db: aiosqlite.Connection, mailbox_id: int, prefix: str
 ) -> Loaded[OverridesState]:
     mailbox = await mailbox_by_id(db, mailbox_id, prefix)
-    row = await _one(db, MAILBOX_OVERRIDES_ROW, (mailbox_id,))
-    current = (
-        msgspec.json.decode(str(row[0]).encode(), type=MailboxOverrides)
-        if row
-        else MailboxOverrides()
-    )
+    current = await _overrides(db, "mailbox", mailbox_id, MailboxOverrides)
     state = OverridesState(id=mailbox_id, key=mailbox.state.address, current=current)
     return Loaded(state, mailbox.subject, mailbox.version)
 

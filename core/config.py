@@ -111,6 +111,13 @@ class MailboxOverrides(msgspec.Struct, frozen=True, kw_only=True):
 
 Tier = GlobalConfig | DomainDefaults | MailboxDefaults | DomainOverrides | MailboxOverrides
 
+# The three tiers by the name they are stored (and addressed) under.
+TIER_TYPES: dict[str, type[Tier]] = {
+    "global": GlobalConfig,
+    "domain_defaults": DomainDefaults,
+    "mailbox_defaults": MailboxDefaults,
+}
+
 ANTISPAM_FIELDS = (
     "dnsbl_enabled",
     "dnsbl_zones",

@@ -9,23 +9,14 @@ from typing import Any
 import msgspec
 
 from core.config import (
-    DomainDefaults,
+    TIER_TYPES,
     DomainOverrides,
-    GlobalConfig,
-    MailboxDefaults,
     MailboxOverrides,
     Resolved,
-    Tier,
     resolve_domain,
     resolve_mailbox,
 )
 from core.limits import DomainUsage
-
-TIER_TYPES: dict[str, type[Tier]] = {
-    "global": GlobalConfig,
-    "domain_defaults": DomainDefaults,
-    "mailbox_defaults": MailboxDefaults,
-}
 
 GET_TIER = "SELECT data, seq FROM config_tiers WHERE name = ?"
 DOMAIN_ROW = "SELECT name, active, outgoing_ip FROM domains WHERE id = ?"

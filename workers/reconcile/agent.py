@@ -84,7 +84,7 @@ class Agent:
         self.db = sqlite3.connect(db_path, check_same_thread=False)
         self.stack = MailStack(self.layout) if self.mode == "sandbox" else None
         self.event_log: EventLog | None = None
-        self.last: Outcome | None = None
+        self.last: Outcome | None = None  # the last applied run (tests and callers wait on it)
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None

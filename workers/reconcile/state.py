@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from core.config import DomainDefaults, GlobalConfig, MailboxDefaults
+from core.config import TIER_TYPES, GlobalConfig
 
 
 class Domain(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,12 +64,6 @@ ALIASES = "SELECT id, source, destination FROM aliases ORDER BY source"
 TIERS = "SELECT name, data FROM config_tiers"
 CHECKPOINT = "SELECT seq FROM checkpoint WHERE name = 'projector'"
 
-TIER_DEFAULTS: dict[str, Any] = {
-    "global": GlobalConfig,
-    "domain_defaults": DomainDefaults,
-    "mailbox_defaults": MailboxDefaults,
-}
-
 _decode = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -122,7 +116,7 @@ def load_state(db: sqlite3.Connection) -> MailState:
             db.execute("ROLLBACK")
     tiers = {
         name: {**msgspec.to_builtins(kind()), **stored.get(name, {})}
-        for name, kind in TIER_DEFAULTS.items()
+        for name, kind in TIER_TYPES.items()
     }
     return MailState(
         domains=domains,
