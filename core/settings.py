@@ -24,8 +24,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_api: int = 60
     trusted_proxies: tuple[str, ...] = ()
     # The mail stack this process's reconcile agent drives: "sandbox" (runs Postfix, Dovecot and
-    # OpenDKIM itself under the data dir, on loopback ports), "none" (renders into the data dir
-    # only), or "" for no agent at all (an API-only process).
+    # OpenDKIM itself under the data dir, on loopback ports), "system" (writes the system's
+    # config dirs and reloads the daemons already running there), "none" (renders into the data
+    # dir only), or "" for no agent at all (an API-only process).
     mailstack: str = "none"
     agent_host: str = ""
     smtp_port: int = 2525
@@ -33,6 +34,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     imap_port: int = 1143
     pop3_port: int = 1110
     milter_port: int = 8891
+    # System mode: where the running daemons read their configuration and keep mail.
+    postfix_dir: str = "/etc/postfix"
+    dovecot_dir: str = "/etc/dovecot"
+    opendkim_dir: str = "/etc/opendkim"
+    vmail_dir: str = "/var/vmail"
+    mail_hostname: str = ""  # the MX host name (empty: mx.mailpanel.test in a sandbox, else FQDN)
     jwt_ttl_s: int = 24 * 3600
     publish_wait_s: float = 5.0
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument(
                 "--mailstack",
                 default=None,
-                choices=("sandbox", "none", "off"),
+                choices=("sandbox", "system", "none", "off"),
                 help="the mail stack the agent drives (default: sandbox when "
                 "Postfix and Dovecot are installed and we are root, else none)",
             )

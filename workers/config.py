@@ -123,6 +123,8 @@ def load_settings(
     admin_hash = values["ADMIN_PASSWORD_HASH"]
     if env.get("MAILPANEL_ADMIN_PASSWORD"):
         admin_hash = SCHEME + hasher.hash(env["MAILPANEL_ADMIN_PASSWORD"])
+    mailstack = mailstack_mode(env.get("MAILPANEL_MAILSTACK", ""))
+    system = mailstack == "system"
     return Settings(
         data_dir=root,
         listen_host=host,
@@ -144,17 +146,23 @@ def load_settings(
         trusted_proxies=tuple(
             p.strip() for p in env.get("MAILPANEL_TRUSTED_PROXIES", "").split(",") if p.strip()
         ),
-        mailstack=mailstack_mode(env.get("MAILPANEL_MAILSTACK", "")),
+        mailstack=mailstack,
         agent_host=env.get("MAILPANEL_AGENT_HOST") or socket.gethostname(),
-        smtp_port=_int(env, "MAILPANEL_SMTP_PORT", 2525),
-        submission_port=_int(env, "MAILPANEL_SUBMISSION_PORT", 2587),
-        imap_port=_int(env, "MAILPANEL_IMAP_PORT", 1143),
-        pop3_port=_int(env, "MAILPANEL_POP3_PORT", 1110),
+        smtp_port=_int(env, "MAILPANEL_SMTP_PORT", 25 if system else 2525),
+        submission_port=_int(env, "MAILPANEL_SUBMISSION_PORT", 587 if system else 2587),
+        imap_port=_int(env, "MAILPANEL_IMAP_PORT", 143 if system else 1143),
+        pop3_port=_int(env, "MAILPANEL_POP3_PORT", 110 if system else 1110),
         milter_port=_int(env, "MAILPANEL_MILTER_PORT", 8891),
+        postfix_dir=env.get("MAILPANEL_POSTFIX_DIR") or "/etc/postfix",
+        dovecot_dir=env.get("MAILPANEL_DOVECOT_DIR") or "/etc/dovecot",
+        opendkim_dir=env.get("MAILPANEL_OPENDKIM_DIR") or "/etc/opendkim",
+        vmail_dir=env.get("MAILPANEL_VMAIL_DIR") or "/var/vmail",
+        mail_hostname=env.get("MAILPANEL_MAIL_HOSTNAME")
+        or ("" if not system else socket.getfqdn()),
     )
 
 
-MAILSTACK_MODES = ("sandbox", "none", "off")
+MAILSTACK_MODES = ("sandbox", "system", "none", "off")
 
 
 def mailstack_available() -> bool:

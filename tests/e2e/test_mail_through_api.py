@@ -210,3 +210,33 @@ async def test_daemon_status_routes_report_running(stack: Stack):
     for name in ("postfix", "dovecot"):
         body = (await stack.client.get(f"/api/v1/{name}/status")).json()
         assert body == {"name": name, "status": "running", "message": ""}
+
+
+async def test_an_authenticated_submission_is_delivered_and_counted_as_sent(stack: Stack):
+    # Given a mailbox with an API-set password
+    domain = await stack.post("/api/v1/domains", {"name": "example.test"})
+    await stack.post(
+        "/api/v1/mailboxes", {"domain_id": domain["id"], "username": "gus", "password": PASSWORD}
+    )
+    await stack.live()
+    # When it sends over the submission port with SASL (AUTH PLAIN through Dovecot)
+    with smtplib.SMTP("127.0.0.1", stack.ports["submission"], timeout=15) as smtp:
+        smtp.login("gus@example.test", PASSWORD)
+        smtp.sendmail(
+            "gus@example.test", ["gus@example.test"], "Subject: sent-by-gus\r\n\r\nhi\r\n"
+        )
+    # Then the message is delivered and the stats count it as sent
+    assert await stack.delivered("example.test", "gus", "sent-by-gus")
+    stats = (await stack.client.get("/api/v1/stats/mail")).json()
+    assert stats["sent_1h"] >= 1 and stats["sent_24h"] >= stats["sent_1h"]
+
+
+async def test_submission_refuses_a_wrong_password(stack: Stack):
+    domain = await stack.post("/api/v1/domains", {"name": "example.test"})
+    await stack.post(
+        "/api/v1/mailboxes", {"domain_id": domain["id"], "username": "hal", "password": PASSWORD}
+    )
+    await stack.live()
+    with smtplib.SMTP("127.0.0.1", stack.ports["submission"], timeout=15) as smtp:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            smtp.login("hal@example.test", "not-the-password")

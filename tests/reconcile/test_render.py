@@ -121,6 +121,33 @@ def test_an_alias_on_a_mailbox_address_keeps_the_mailbox_as_first_destination():
     assert aliases == ["alice@example.test alice@example.test, x@elsewhere.example"]
 
 
+def test_an_alias_never_delivers_to_a_disabled_mailbox():
+    # Given an alias to an active and a disabled mailbox, and one only to the disabled one
+    state = MailState(
+        domains=(Domain(id=1, name="example.test"), Domain(id=2, name="off.test", active=False)),
+        mailboxes=(
+            mailbox("alice@example.test"),
+            mailbox("carol@example.test", active=False),
+            mailbox("dave@off.test"),
+        ),
+        aliases=(
+            Alias(
+                source="team@example.test", destination=("alice@example.test", "carol@example.test")
+            ),
+            Alias(source="old@example.test", destination=("carol@example.test", "dave@off.test")),
+        ),
+    )
+    # When rendered
+    files = render(state, Layout(root=ROOT))
+    aliases = lines(files["etc/postfix/virtual_aliases"])
+    # Then the disabled destination is left out, and the alias left with none is refused
+    assert "team@example.test alice@example.test" in aliases
+    assert not any(line.startswith("old@example.test") for line in aliases)
+    assert "old@example.test 550 5.1.1 Every destination of this alias is disabled" in lines(
+        files["etc/postfix/recipient_access"]
+    )
+
+
 def test_inactive_domains_are_still_virtual_domains_but_refused_at_rcpt(files):
     assert lines(files["etc/postfix/virtual_domains"]) == [
         "example.test OK",

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import difflib
 import logging
+import pwd
 import shutil
 import sqlite3
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from core.subjects import agent_subject
 from projections.runner import Projector
 from workers.reconcile import maildirs
 from workers.reconcile.apply import apply, diff, sha256
-from workers.reconcile.layout import Layout
+from workers.reconcile.layout import DOVECOT_DIR, OPENDKIM_DIR, POSTFIX_DIR, Layout
 from workers.reconcile.render import RenderError, render
 from workers.reconcile.stack import MailStack
 from workers.reconcile.state import MailState, load_state
@@ -45,8 +47,10 @@ CONTROL_SUBJECT = "ctl.reconcile"  # core NATS (not the stream): "re-render and 
 
 
 def layout_for(settings: Settings) -> Layout:
-    """The sandbox instance lives under the data dir, on the configured loopback ports."""
-    return Layout(
+    """The sandbox instance lives under the data dir, on the configured loopback ports. In
+    system mode the files go to the system's directories (configurable), the daemons keep their
+    distribution paths for queue, state and pid files, and the data dir only stages candidates."""
+    base = Layout(
         root=settings.data_dir / "mailstack",
         mail_root_dir=settings.mail_root,
         smtp_port=settings.smtp_port,
@@ -56,6 +60,40 @@ def layout_for(settings: Settings) -> Layout:
         milter_port=settings.milter_port,
         sandbox=True,
     )
+    if settings.mail_hostname:
+        base = replace(base, hostname=settings.mail_hostname)
+    if settings.mailstack != "system":
+        return base
+    uid, gid = _vmail_ids()
+    return replace(
+        base,
+        mail_root_dir=Path(settings.vmail_dir),
+        instance="dovecot",
+        listen="0.0.0.0",
+        sandbox=False,
+        vmail_uid=uid,
+        vmail_gid=gid,
+        paths={
+            "postfix_dir": Path(settings.postfix_dir),
+            "dovecot_dir": Path(settings.dovecot_dir),
+            "opendkim_dir": Path(settings.opendkim_dir),
+            "queue_dir": Path("/var/spool/postfix"),
+            "data_dir": Path("/var/lib/postfix"),
+            "log_dir": Path("/var/log/mailpanel"),
+            "dovecot_base_dir": Path("/run/dovecot"),
+            "dovecot_state_dir": Path("/var/lib/dovecot"),
+            "opendkim_run_dir": Path("/run/opendkim"),
+        },
+    )
+
+
+def _vmail_ids() -> tuple[int, int]:
+    """The host's vmail user when it has one, else 5000:5000 (the conventional ids)."""
+    try:
+        entry = pwd.getpwnam("vmail")
+    except KeyError:
+        return 5000, 5000
+    return entry.pw_uid, entry.pw_gid
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -82,7 +120,8 @@ class Agent:
         db_path = settings.data_dir / "agent" / "read.db"
         self.projector = Projector(db_path)
         self.db = sqlite3.connect(db_path, check_same_thread=False)
-        self.stack = MailStack(self.layout) if self.mode == "sandbox" else None
+        # sandbox: we run the daemons; system: they run already, we only reload them.
+        self.stack = MailStack(self.layout) if self.mode in ("sandbox", "system") else None
         self.event_log: EventLog | None = None
         self.last: Outcome | None = None  # the last applied run (tests and callers wait on it)
         self._dirty = asyncio.Event()
@@ -104,7 +143,7 @@ class Agent:
         # Listen only now: the catch-up is covered by the run below, not by a second one.
         self.projector.listeners.append(self._on_applied)
         await self.reconcile()
-        if self.stack is not None:
+        if self.stack is not None and self.mode == "sandbox":
             await asyncio.to_thread(self.stack.start)
         self._control = await event_log.nc.subscribe(
             f"{event_log.prefix}{CONTROL_SUBJECT}", cb=self._on_control
@@ -120,7 +159,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.projector.stop()
-        if self.stack is not None:
+        if self.stack is not None and self.mode == "sandbox":
             await asyncio.to_thread(self.stack.stop)
         self.db.close()
 
@@ -196,7 +235,7 @@ class Agent:
         changed = diff(files, self.layout)
         diffs: dict[str, str] = {}
         for rel in changed:
-            live = self.layout.root / rel
+            live = self.layout.live(rel)
             old = live.read_text().splitlines(keepends=True) if live.exists() else []
             diffs[rel] = "".join(
                 difflib.unified_diff(
@@ -219,8 +258,10 @@ class Agent:
     def _validate_candidate(self, files: dict[str, str]) -> Report:
         scratch = Path(tempfile.mkdtemp(prefix="mp-dry-", dir=self.layout.root.parent))
         try:
-            if self.layout.root.exists():
-                shutil.copytree(self.layout.root / "etc", scratch / "etc", dirs_exist_ok=True)
+            for prefix in (POSTFIX_DIR, DOVECOT_DIR, OPENDKIM_DIR):
+                live_dir = self.layout.live(prefix)
+                if live_dir.is_dir():
+                    shutil.copytree(live_dir, scratch / prefix, dirs_exist_ok=True, symlinks=True)
             for rel, text in files.items():
                 target = scratch / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +274,7 @@ class Agent:
         """Rendered files on disk that differ from what this agent last wrote there."""
         out = []
         for rel, digest in sorted(self._written.items()):
-            path = self.layout.root / rel
+            path = self.layout.live(rel)
             try:
                 if sha256(path.read_text()) != digest:
                     out.append(rel)

@@ -2,9 +2,12 @@
 
 Rules:
 - Nothing is written live unless something differs from disk.
-- The candidate is the complete file set in a staging dir under the root (same filesystem, so
-  each swap is one os.replace); a candidate that fails validation is never swapped in. It is
-  kept as ROOT/.candidate-rejected for inspection, and the live files stay as they were.
+- The candidate is the complete file set in a staging dir under the root; a candidate that
+  fails validation is never swapped in. It is kept as ROOT/.candidate-rejected for inspection,
+  and the live files stay as they were. A validated file is written next to its live path and
+  renamed over it (one os.replace per file, on the live file's own filesystem).
+- Files in the trees the agent owns (DKIM keys, TLS bundles) that are no longer rendered are
+  removed: a deleted domain leaves no key behind.
 - Every written file is backdated 3 s: Postfix stalls ~1.8 s on main.cf or a map younger than
   2 s (its "cool-down"), in every program including the smtpd spawned after a reload.
 - Modes: passwd-file root:dovecot 0640 (the auth process runs as dovecot), DKIM keys
@@ -34,6 +37,7 @@ from workers.reconcile.validate import Report, validate_candidate
 
 BACKDATE_S = 3.0
 REJECTED = ".candidate-rejected"
+OWNED_TREES = (KEYS_DIR,)  # every file below is rendered by the agent
 DAEMON_OF_DIR = {POSTFIX_DIR: "postfix", DOVECOT_DIR: "dovecot", OPENDKIM_DIR: "opendkim"}
 
 
@@ -107,7 +111,7 @@ def diff(files: dict[str, str], layout: Layout) -> dict[str, str]:
     """Files whose content differs from disk (or are missing): path -> sha256 of new content."""
     changed = {}
     for rel, text in sorted(files.items()):
-        live = layout.root / _check_rel(rel)
+        live = layout.live(_check_rel(rel))
         try:
             current = live.read_bytes()
         except FileNotFoundError:
@@ -115,6 +119,21 @@ def diff(files: dict[str, str], layout: Layout) -> dict[str, str]:
         if current != text.encode():
             changed[rel] = sha256(text)
     return changed
+
+
+def stale(files: dict[str, str], layout: Layout) -> list[str]:
+    """Files under the agent-owned trees that the rendered set no longer contains."""
+    out = []
+    for tree in OWNED_TREES:
+        top = layout.live(tree)
+        if not top.is_dir():
+            continue
+        for path in sorted(top.rglob("*")):
+            if path.is_file() or path.is_symlink():
+                rel = f"{tree}/{path.relative_to(top).as_posix()}"
+                if rel not in files:
+                    out.append(rel)
+    return out
 
 
 def _swap_order(rel: str) -> tuple[int, str]:
@@ -125,13 +144,16 @@ def _swap_order(rel: str) -> tuple[int, str]:
 def apply(files: dict[str, str], layout: Layout, validate: bool = True) -> Report:
     """Make the live files equal to `files` (paths relative to layout.root), safely."""
     changed = diff(files, layout)
-    if not changed:
+    removed = stale(files, layout)
+    if not changed and not removed:
         for rel in files:
-            _fix_mode(layout.root / rel, rel)
+            _fix_mode(layout.live(rel), rel)
         return Report(ok=True, step="unchanged", log=["no file differs from disk"])
     layout.root.mkdir(parents=True, exist_ok=True)
     candidate = Path(tempfile.mkdtemp(prefix=".candidate-", dir=layout.root))
-    log = [f"changed: {', '.join(changed)}"]
+    log = [f"changed: {', '.join(changed)}"] if changed else []
+    if removed:
+        log.append(f"no longer rendered: {', '.join(removed)}")
     try:
         os.chmod(candidate, 0o755)  # the tools validating it may drop privileges
         mtime = time.time() - BACKDATE_S
@@ -149,10 +171,15 @@ def apply(files: dict[str, str], layout: Layout, validate: bool = True) -> Repor
         else:
             log.append("validation: skipped by the caller")
         for rel in sorted(changed, key=_swap_order):
-            live = layout.root / rel
+            live = layout.live(rel)
             live.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            os.replace(candidate / rel, live)
-        for directory in {(layout.root / rel).parent for rel in changed}:
+            staged = live.parent / f".{live.name}.mailpanel-new"
+            staged.unlink(missing_ok=True)
+            _write(staged, files[rel], rel, mtime)
+            os.replace(staged, live)
+        for rel in removed:
+            layout.live(rel).unlink(missing_ok=True)
+        for directory in {layout.live(rel).parent for rel in [*changed, *removed]}:
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dir_fd)
@@ -163,5 +190,6 @@ def apply(files: dict[str, str], layout: Layout, validate: bool = True) -> Repor
         return Report(ok=False, step="swap", log=log)
     finally:
         shutil.rmtree(candidate, ignore_errors=True)
+    changed.update({rel: "" for rel in removed})  # an empty hash: the file is gone
     daemons = sorted({daemon_of(rel) for rel in changed} - {"other"})
     return Report(ok=True, step="applied", log=log, changed=changed, daemons=daemons)

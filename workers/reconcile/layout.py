@@ -1,10 +1,13 @@
 """Where one mail-stack instance lives: every path and port the rendered files refer to.
 
-All paths derive from `root` (one instance per root, nothing in /etc), so two instances can run
-side by side and a candidate copy validates in place. Rendered file names are relative to root.
+In a sandbox every path derives from `root` (one instance per root, nothing in /etc), so two
+instances can run side by side. Rendered file names are relative names like etc/postfix/main.cf;
+`live()` maps them to where they go: under root, or, in system mode, into the configured system
+directories (`paths`). The candidate copy always mirrors the relative names under root.
 """
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,13 @@ class Layout:
     sandbox: bool = True
     dkim: bool = False  # wire the OpenDKIM milter into Postfix
     require_safe_keys: bool | None = None  # None: false under a world-writable tmp dir
+    # System mode: named paths that do not derive from root (postfix_dir, dovecot_dir,
+    # opendkim_dir, queue_dir, data_dir, log_dir, dovecot_base_dir, dovecot_state_dir,
+    # opendkim_run_dir).
+    paths: Mapping[str, Path] = field(default_factory=dict)
+
+    def _path(self, name: str, default: Path) -> Path:
+        return self.paths.get(name, default)
 
     @classmethod
     def for_settings(cls, settings: Settings, **changes: Any) -> "Layout":
@@ -65,49 +75,71 @@ class Layout:
         base = cls(root=settings.data_dir / "mailstack", mail_root_dir=settings.mail_root)
         return replace(base, **changes)
 
+    def live(self, rel: str) -> Path:
+        """Where the rendered file `rel` (etc/postfix/main.cf, ...) lives."""
+        for prefix, directory in (
+            (POSTFIX_DIR, self.postfix_dir),
+            (DOVECOT_DIR, self.dovecot_dir),
+            (OPENDKIM_DIR, self.opendkim_dir),
+        ):
+            if rel == prefix or rel.startswith(prefix + "/"):
+                return directory / rel[len(prefix) + 1 :] if rel != prefix else directory
+        return self.root / rel
+
+    def staged(self, live: Path, candidate: Path) -> Path | None:
+        """The candidate copy of a live path, or None when it is not a rendered location."""
+        for prefix, directory in (
+            (POSTFIX_DIR, self.postfix_dir),
+            (DOVECOT_DIR, self.dovecot_dir),
+            (OPENDKIM_DIR, self.opendkim_dir),
+        ):
+            if live.is_relative_to(directory):
+                return candidate / prefix / live.relative_to(directory)
+        return None
+
     @property
     def mail_root(self) -> Path:
         return self.mail_root_dir if self.mail_root_dir is not None else self.root / "mail"
 
     @property
     def postfix_dir(self) -> Path:
-        return self.root / POSTFIX_DIR
+        return self._path("postfix_dir", self.root / POSTFIX_DIR)
 
     @property
     def dovecot_dir(self) -> Path:
-        return self.root / DOVECOT_DIR
+        return self._path("dovecot_dir", self.root / DOVECOT_DIR)
 
     @property
     def opendkim_dir(self) -> Path:
-        return self.root / OPENDKIM_DIR
+        return self._path("opendkim_dir", self.root / OPENDKIM_DIR)
 
     @property
     def keys_dir(self) -> Path:
-        return self.root / KEYS_DIR
+        return self.live(KEYS_DIR)
 
     @property
     def dovecot_conf(self) -> Path:
-        return self.root / DOVECOT_CONF
+        return self.live(DOVECOT_CONF)
 
     @property
     def opendkim_conf(self) -> Path:
-        return self.root / OPENDKIM_CONF
+        return self.live(OPENDKIM_CONF)
 
     @property
     def passwd(self) -> Path:
-        return self.root / PASSWD
+        return self.live(PASSWD)
 
     @property
     def queue_dir(self) -> Path:
-        return self.root / "spool"
+        return self._path("queue_dir", self.root / "spool")
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self._path("data_dir", self.root / "data")
 
     @property
     def log_dir(self) -> Path:
-        return self.root / "log"
+        return self._path("log_dir", self.root / "log")
 
     @property
     def postfix_log(self) -> Path:
@@ -119,11 +151,11 @@ class Layout:
 
     @property
     def dovecot_base_dir(self) -> Path:
-        return self.root / "run" / "dovecot"
+        return self._path("dovecot_base_dir", self.root / "run" / "dovecot")
 
     @property
     def dovecot_state_dir(self) -> Path:
-        return self.root / "state" / "dovecot"
+        return self._path("dovecot_state_dir", self.root / "state" / "dovecot")
 
     @property
     def lmtp_socket(self) -> Path:
@@ -136,7 +168,7 @@ class Layout:
 
     @property
     def opendkim_run_dir(self) -> Path:
-        return self.root / "run" / "opendkim"
+        return self._path("opendkim_run_dir", self.root / "run" / "opendkim")
 
     @property
     def opendkim_pid(self) -> Path:

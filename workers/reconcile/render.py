@@ -70,6 +70,7 @@ RECIPIENT_RESTRICTIONS: tuple[str, ...] = (
 
 REFUSE_MAILBOX = "550 5.1.1 Mailbox disabled"
 REFUSE_DOMAIN = "550 5.1.2 Domain disabled"
+REFUSE_ALIAS = "550 5.1.1 Every destination of this alias is disabled"
 NOLOGIN = "nologin reason=disabled"
 
 # Dovecot checks login and LMTP user names against this set (its default lacks most atext).
@@ -220,6 +221,14 @@ def _maps(state: MailState, domains: dict[str, Domain]) -> dict[str, list[tuple[
         # Identity line: a catch-all must never swallow mail for an existing mailbox.
         identity[addr] = [addr]
     aliases: dict[str, list[str]] = dict(identity)
+    # Mail must not reach a disabled mailbox through an alias either: such destinations are
+    # left out, and an alias left with none is refused at RCPT like the mailbox itself.
+    disabled = {
+        mb.address
+        for mb in state.mailboxes
+        if not mb.active or (mb.domain in domains and not domains[mb.domain].active)
+    }
+    dead_aliases = []
     for alias in state.aliases:
         source = alias.source
         if source.startswith("@"):
@@ -229,6 +238,11 @@ def _maps(state: MailState, domains: dict[str, Domain]) -> dict[str, list[tuple[
         targets = [address(dest, "alias destination") for dest in alias.destination]
         if not targets:
             raise _fail("alias without destination", source)
+        targets = [t for t in targets if t not in disabled]
+        if not targets:
+            if not source.startswith("@") and source not in aliases:
+                dead_aliases.append(source)
+            continue
         merged = aliases.get(source, [])
         aliases[map_key(source)] = merged + [t for t in targets if t not in merged]
     refusals = []
@@ -239,6 +253,11 @@ def _maps(state: MailState, domains: dict[str, Domain]) -> dict[str, list[tuple[
         # A mailbox of an inactive domain is already refused by its domain's line.
         if not mb.active and mb.domain in domains and domains[mb.domain].active:
             refusals.append((map_key(mb.address), REFUSE_MAILBOX))
+    for source in dead_aliases:
+        if source not in aliases and source.rpartition("@")[2] not in {
+            n for n, d in domains.items() if not d.active
+        }:
+            refusals.append((map_key(source), REFUSE_ALIAS))
     senders = [
         (map_key("@" + name), transport_name(ip(d.outgoing_ip)) + ":")
         for name, d in sorted(domains.items())
@@ -257,7 +276,7 @@ MAP_ABOUT = {
     "virtual_domains": "Every managed domain, active or not (inactive ones are refused at RCPT).",
     "virtual_mailboxes": "Every mailbox; the value is unused with LMTP delivery.",
     "virtual_aliases": "Aliases, catch-alls, and one identity line per mailbox.",
-    "recipient_access": "Refused at RCPT: inactive domains and inactive mailboxes.",
+    "recipient_access": "Refused at RCPT: inactive domains, mailboxes, and aliases to them.",
     "sender_transport": "Domains with their own outgoing IP: their smtp transport in master.cf.",
 }
 
@@ -347,8 +366,8 @@ def render(state: MailState, layout: Layout, dkim_keys: Sequence[DkimKey] = ()) 
     key_table, signing_table = _dkim(dkim_keys)
     files[OPENDKIM_CONF] = _env.get_template("opendkim.conf.j2").render(
         layout=layout,
-        key_table=layout.root / KEY_TABLE,
-        signing_table=layout.root / SIGNING_TABLE,
+        key_table=layout.live(KEY_TABLE),
+        signing_table=layout.live(SIGNING_TABLE),
     )
     files[KEY_TABLE] = map_template.render(about="DKIM keys.", entries=key_table)
     files[SIGNING_TABLE] = map_template.render(about="DKIM signing.", entries=signing_table)

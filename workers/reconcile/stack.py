@@ -248,7 +248,7 @@ class MailStack:
         missing = [name for name in ("postfix", "dovecot") if bins[name] is None]
         if missing:
             raise StackError(f"not installed: {', '.join(missing)}")
-        if not (self.layout.root / MAIN_CF).exists() or not self.layout.dovecot_conf.exists():
+        if not self.layout.live(MAIN_CF).exists() or not self.layout.dovecot_conf.exists():
             raise StackError("no rendered config under the root: apply() one first")
         running = [name for name in DAEMONS if self._pid(name) is not None]
         if running:
@@ -329,7 +329,7 @@ class MailStack:
         self._spawn("opendkim", [opendkim, "-f", "-x", str(lay.opendkim_conf)])
         self._await(
             "opendkim",
-            lambda: _listening(lay.listen, lay.milter_port),
+            lambda: _listening("127.0.0.1", lay.milter_port),
             timeout,
             lay.log_dir / "opendkim.console",
         )

@@ -229,7 +229,7 @@ class _Validator:
         else:
             # opendkim -n opens the tables it names (live paths, maybe not there yet): check a
             # copy that names the candidate's tables instead.
-            live_dir = str(self.layout.root / OPENDKIM_DIR) + "/"
+            live_dir = str(self.layout.opendkim_dir) + "/"
             text = (self.candidate / OPENDKIM_CONF).read_text()
             probe = self.candidate / (OPENDKIM_CONF + ".probe")
             probe.write_text(text.replace(live_dir, str(self.candidate / OPENDKIM_DIR) + "/"))
@@ -250,9 +250,9 @@ class _Validator:
             # A key is checked where it will be live; a candidate copy wins if there is one.
             live = Path(key_path)
             key = live
-            if live.is_relative_to(self.layout.root):
-                staged = self.candidate / live.relative_to(self.layout.root)
-                key = staged if staged.exists() else live
+            staged = self.layout.staged(live, self.candidate)
+            if staged is not None and staged.exists():
+                key = staged
             if not key.exists():
                 raise self.fail(f"key {key_path} does not exist")
             if openssl is not None:
