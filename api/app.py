@@ -11,6 +11,7 @@ from api.admin import SecurityController, TokenController
 from api.auth import AuthMiddleware
 from api.config import ConfigController, OverridesController, WhitelistController
 from api.errors import handle
+from api.keys import DkimController, DnsController, TlsController
 from api.reconcile import QueueController, ReconcileController
 from api.resources import AliasController, DomainController, MailboxController
 from api.runtime import Runtime
@@ -57,6 +58,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             SystemController,
             AuthController,
             DomainController,
+            DnsController,
+            DkimController,
+            TlsController,
             MailboxController,
             AliasController,
             TokenController,

@@ -8,6 +8,7 @@ import aiosqlite
 
 from api.access import Access, AuthStats, RateLimiter, TokenUsage
 from commands.log import EventLog
+from commands.sealing import Sealer
 from commands.service import Commands
 from core.settings import Settings
 from projections.db import open_reader
@@ -51,6 +52,7 @@ class Runtime:
             s.prefix,
             lambda: self.host_ips,
             s.publish_wait_s,
+            Sealer(s.data_key, s.data_key_id, dict(s.old_data_keys)),
         )
         if not await self._try_connect():
             self._connector = asyncio.create_task(self._keep_connecting(), name="nats-connect")

@@ -5,6 +5,7 @@ same subject makes the append fail; the handler reloads and decides again (bound
 the client sent If-Match, in which case the conflict is the client's to resolve.
 """
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
@@ -14,15 +15,18 @@ from typing import Protocol, TypeVar
 import aiosqlite
 import msgspec
 
-from commands import normalize, state
+from commands import keys, normalize, state
 from commands.log import EventLog, Unavailable, WrongSequence
 from commands.passwords import hash_password
+from commands.sealing import Sealer, dkim_aad, tls_aad
 from core import alias as alias_agg
+from core import dkim as dkim_agg
 from core import domain as domain_agg
 from core import limits
 from core import mailbox as mailbox_agg
 from core import security as security_agg
 from core import tiers as tiers_agg
+from core import tls as tls_agg
 from core import token as token_agg
 from core import whitelist as whitelist_agg
 from core.config import ANTISPAM_FIELDS, DomainOverrides, GlobalConfig, MailboxOverrides, Tier
@@ -34,6 +38,7 @@ from core.events import (
     MailboxCreated,
     MailboxUpdated,
     Meta,
+    TlsCertRegistered,
     decode,
 )
 from core.ids import sequence
@@ -107,7 +112,9 @@ class Commands:
         prefix: str,
         host_ips: Callable[[], tuple[str, ...]],
         wait_s: float = 5.0,
+        sealer: Sealer | None = None,
     ) -> None:
+        self.sealer = sealer
         self.db = db
         self.waiter = waiter
         self._event_log = event_log
@@ -524,4 +531,112 @@ class Commands:
             ctx,
             lambda: state.whitelist_by_id(self.db, entry_id, self.prefix),
             lambda s: whitelist_agg.decide(cmd, s),
+        )
+
+    # ---- DKIM keys ---------------------------------------------------------------------
+
+    def _sealer(self) -> Sealer:
+        if self.sealer is None:
+            raise Unavailable("no data-encryption key configured (DATA_KEY in config.env)")
+        return self.sealer
+
+    async def _new_dkim_key(self, domain: str, selector: str, algorithm: str) -> dkim_agg.NewKey:
+        """A fresh pair, its private half sealed at once: the PEM never leaves this call."""
+        if algorithm not in keys.DKIM_ALGORITHMS:
+            raise ValidationFailed("algorithm", "algorithm must be rsa or ed25519")
+        material = await asyncio.to_thread(keys.generate_dkim, algorithm)  # type: ignore[arg-type]
+        sealed = self._sealer().seal(material.private_pem.encode(), dkim_aad(domain))
+        return dkim_agg.NewKey(
+            selector=selector,
+            algorithm=algorithm,
+            public_key=material.public_b64,
+            private_key_sealed=sealed,
+        )
+
+    @staticmethod
+    def _selector(raw: str) -> str:
+        try:
+            return keys.check_selector(raw)
+        except ValueError as exc:
+            raise ValidationFailed("selector", str(exc)) from None
+
+    async def generate_dkim(
+        self, ctx: Context, domain: str, selector: str, algorithm: str = "rsa"
+    ) -> Result:
+        name = normalize.domain_name(domain, "domain")
+        new = await self._new_dkim_key(name, self._selector(selector), algorithm)
+        return await self._run(
+            ctx,
+            lambda: state.dkim_keys(self.db, name, self.prefix),
+            lambda s: dkim_agg.decide(dkim_agg.Generate(key=new), s),
+        )
+
+    async def rotate_dkim(
+        self, ctx: Context, domain: str, selector: str = "", algorithm: str = "rsa"
+    ) -> Result:
+        """A new pending key; without a selector, s<YYYYMMDD> (then -2, -3, ... that day)."""
+        name = normalize.domain_name(domain, "domain")
+        base = self._selector(selector) if selector else datetime.now(UTC).strftime("s%Y%m%d")
+        new = await self._new_dkim_key(name, base, algorithm)
+
+        def decide(s: dkim_agg.DkimState) -> list[Event]:
+            chosen = base
+            if not selector:
+                n = 1
+                while chosen in s.keys:
+                    n += 1
+                    chosen = f"{base}-{n}"
+            key = msgspec.structs.replace(new, selector=chosen)
+            return dkim_agg.decide(dkim_agg.Rotate(key=key), s)
+
+        return await self._run(ctx, lambda: state.dkim_keys(self.db, name, self.prefix), decide)
+
+    async def dkim_step(self, ctx: Context, domain: str, selector: str, step: str) -> Result:
+        """activate / retire / delete one selector of a domain."""
+        name = normalize.domain_name(domain, "domain")
+        sel = self._selector(selector)
+        cmd: dkim_agg.Command
+        if step == "activate":
+            cmd = dkim_agg.Activate(selector=sel)
+        elif step == "retire":
+            cmd = dkim_agg.Retire(selector=sel)
+        else:
+            cmd = dkim_agg.Delete(selector=sel)
+        return await self._run(
+            ctx,
+            lambda: state.dkim_keys(self.db, name, self.prefix),
+            lambda s: dkim_agg.decide(cmd, s),
+        )
+
+    # ---- TLS certificates --------------------------------------------------------------
+
+    def sealed_cert(self, info: keys.CertInfo, issuer: str) -> TlsCertRegistered:
+        """The registration event of a parsed bundle; its key sealed for the agents."""
+        return TlsCertRegistered(
+            hostname=info.hostname,
+            issuer=issuer,
+            chain_pem=info.chain_pem,
+            key_sealed=self._sealer().seal(info.key_pem.encode(), tls_aad(info.hostname)),
+            names=info.names,
+            fingerprint=info.fingerprint_sha256,
+            not_before=info.not_before,
+            expires_at=info.expires_at,
+        )
+
+    async def register_cert(
+        self, ctx: Context, cert: TlsCertRegistered, only_if_absent: bool = False
+    ) -> Result:
+        cmd = tls_agg.Register(cert=cert, only_if_absent=only_if_absent)
+        return await self._run(
+            ctx,
+            lambda: state.tls_cert_at(self.db, cert.hostname, self.prefix),
+            lambda s: tls_agg.decide(cmd, s),
+        )
+
+    async def remove_cert(self, ctx: Context, cert_id: int) -> Result:
+        cmd = tls_agg.Remove(id=cert_id)
+        return await self._run(
+            ctx,
+            lambda: state.tls_cert_by_id(self.db, cert_id, self.prefix),
+            lambda s: tls_agg.decide(cmd, s),
         )

@@ -14,6 +14,7 @@ import msgspec
 
 from core.alias import AliasState
 from core.config import TIER_TYPES, DomainOverrides, MailboxOverrides
+from core.dkim import DkimState
 from core.domain import DomainState
 from core.errors import NotFound
 from core.events import SecuritySettingsChanged
@@ -23,12 +24,15 @@ from core.security import SecuritySettings, from_event
 from core.subjects import (
     address_subject,
     config_subject,
+    dkim_subject,
     domain_subject,
     security_subject,
+    tls_subject,
     token_subject,
     whitelist_subject,
 )
 from core.tiers import OverridesState, TierState
+from core.tls import CertState
 from core.token import TokenState
 from core.whitelist import EntryState
 from projections.effective import USAGE, usage_from
@@ -312,3 +316,37 @@ async def alias_create(
     cap, count = int(row[5]), int(row[6])
     refusal = f"the domain already has its maximum of {cap} aliases" if cap and count >= cap else ""
     return domain, Loaded(AliasState(at=at), subject, int(row[2] or 0)), refusal
+
+
+DKIM_AT = (
+    "SELECT (SELECT last_seq FROM subjects WHERE subject = ?), "
+    "(SELECT json_group_object(selector, status) FROM dkim_keys WHERE domain = ?)"
+)
+TLS_AT = at_subject("SELECT id, issuer, fingerprint FROM tls_certs WHERE hostname = ?")
+TLS_BY_ID = "SELECT id, hostname, issuer, fingerprint, version FROM tls_certs WHERE id = ?"
+
+
+async def dkim_keys(db: aiosqlite.Connection, domain: str, prefix: str) -> Loaded[DkimState]:
+    """Every selector of the domain and the subject's sequence, in one statement."""
+    subject = dkim_subject(domain, prefix)
+    row = await _one(db, DKIM_AT, (subject, domain))
+    assert row is not None
+    keys = msgspec.json.decode(str(row[1] or "{}").encode(), type=dict[str, str])
+    return Loaded(DkimState(domain=domain, keys=keys), subject, int(row[0] or 0))
+
+
+async def tls_cert_at(db: aiosqlite.Connection, hostname: str, prefix: str) -> Loaded[CertState]:
+    subject = tls_subject(hostname, prefix)
+    seq, row = await _keyed(db, TLS_AT, subject, (hostname,))
+    if row is None:
+        return Loaded(CertState(hostname=hostname), subject, seq)
+    state = CertState(hostname=hostname, id=int(row[0]), issuer=row[1], fingerprint=row[2])
+    return Loaded(state, subject, seq)
+
+
+async def tls_cert_by_id(db: aiosqlite.Connection, cert_id: int, prefix: str) -> Loaded[CertState]:
+    row = await _one(db, TLS_BY_ID, (cert_id,))
+    if row is None:
+        raise NotFound("certificate not found", f"no certificate record {cert_id}")
+    state = CertState(hostname=row[1], id=int(row[0]), issuer=row[2], fingerprint=row[3])
+    return Loaded(state, tls_subject(row[1], prefix), int(row[4]))

@@ -24,15 +24,15 @@ DEFAULT_TTL = 3600
 MX_PRIORITY = 10
 SPF_POLICIES = ("-all", "~all", "?all")
 DMARC_POLICIES = ("none", "quarantine", "reject")
-DKIM_PUBLISHED = ("active", "pending")
+DKIM_PUBLISHED = ("active", "pending", "previous")
 TXT_CHUNK = 255  # RFC 1035 character-string limit, in octets
 MTA_STS_MAX_AGE = 86400
 
 # Service SRV records (RFC 6186) for mail clients: service label, port.
 _SRV_SERVICES = (
-    ("_submission._tcp", 587, "message submission (SMTP with STARTTLS) on port 587"),
-    ("_imaps._tcp", 993, "IMAP over implicit TLS on port 993"),
-    ("_pop3s._tcp", 995, "POP3 over implicit TLS on port 995"),
+    ("_submission._tcp", 587, "message submission (SMTP with STARTTLS)"),
+    ("_imaps._tcp", 993, "IMAP over implicit TLS"),
+    ("_pop3s._tcp", 995, "POP3 over implicit TLS"),
 )
 
 
@@ -41,7 +41,7 @@ class DkimEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     selector: str
     txt_value: str  # e.g. "v=DKIM1; h=sha256; k=rsa; p=MIIB..."
-    status: str  # "active" | "pending" | "retired"
+    status: str  # "active" | "pending" | "previous" | "retired"
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +153,11 @@ def records(
                     f"DKIM public key of the pending selector {selector}: publish it and let it "
                     "propagate before activating the key, or signed mail will fail verification."
                 )
+            elif entry.status == "previous":
+                purpose = (
+                    f"DKIM public key of the previous selector {selector}: keep it until mail "
+                    "signed with it has been delivered (a few days), then retire the key."
+                )
             else:
                 purpose = f"DKIM public key receivers use to verify mail signed with {selector}."
             out.append(
@@ -226,7 +231,7 @@ def records(
                 type="SRV",
                 name=f"{service}.{domain}",
                 value=f"0 1 {port} {host}",
-                purpose=f"Client auto-configuration (RFC 6186): {what} on {host}.",
+                purpose=f"Client auto-configuration (RFC 6186): {what} at {host}:{port}.",
                 required=False,
             )
         )

@@ -190,6 +190,65 @@ class WhitelistEntryRemoved(_Event, tag="whitelist.entry_removed", frozen=True):
     value: str
 
 
+# ---- DKIM keys and TLS certificates ------------------------------------------------------
+
+
+class DkimKeyGenerated(_Event, tag="dkim.key_generated", frozen=True):
+    """A key pair for <domain, selector>; the private key only ever travels sealed (AES-GCM
+    with the data-encryption key whose id the token names). Replaces an existing pair."""
+
+    domain: str
+    selector: str
+    algorithm: str  # rsa | ed25519
+    public_key: str  # base64 of the p= tag
+    private_key_sealed: str
+    status: str  # active (signs now) | pending (published first, activated later)
+    previous: str = ""  # the selector that stopped signing, when this one took over
+
+
+class DkimKeyActivated(_Event, tag="dkim.key_activated", frozen=True):
+    """Signing switches to `selector`; `previous` (the old signer) stays published."""
+
+    domain: str
+    selector: str
+    previous: str = ""
+
+
+class DkimKeyRetired(_Event, tag="dkim.key_retired", frozen=True):
+    """No longer signs nor is published; the key file goes from the mail hosts."""
+
+    domain: str
+    selector: str
+
+
+class DkimKeyDeleted(_Event, tag="dkim.key_deleted", frozen=True):
+    domain: str
+    selector: str
+
+
+class TlsCertRegistered(_Event, tag="tls.cert_registered", frozen=True):
+    """A certificate for `hostname` (replacing its earlier record, same id). The key travels
+    sealed; a certbot-managed one stays in certbot's files (key_path) and is never read."""
+
+    hostname: str
+    issuer: str  # self | letsencrypt | uploaded
+    chain_pem: str = ""  # leaf first; public data
+    key_sealed: str = ""
+    cert_path: str = ""  # only for certificates whose files someone else manages (certbot)
+    key_path: str = ""
+    names: tuple[str, ...] = ()
+    fingerprint: str = ""
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class TlsCertRemoved(_Event, tag="tls.cert_removed", frozen=True):
+    """The record goes; files on disk stay (seed: clean those up by hand)."""
+
+    id: int
+    hostname: str
+
+
 # ---- reconcile agents ----------------------------------------------------------------------
 
 
@@ -230,6 +289,12 @@ Event = (
     | MailboxOverridesSet
     | WhitelistEntryAdded
     | WhitelistEntryRemoved
+    | DkimKeyGenerated
+    | DkimKeyActivated
+    | DkimKeyRetired
+    | DkimKeyDeleted
+    | TlsCertRegistered
+    | TlsCertRemoved
     | AgentReconciled
 )
 

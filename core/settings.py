@@ -18,6 +18,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_secret: str = ""
     data_key: str = ""  # base64 AES-256 key for secrets in events
     data_key_id: str = ""
+    old_data_keys: tuple[tuple[str, str], ...] = ()  # (id, key) pairs still readable
     nats_password: str = ""  # for the embedded nats-server (config.env NATS_PASSWORD)
     host_ips: tuple[str, ...] = ()
     rate_limit_login: int = 5  # per minute per source IP; 0 = off
@@ -38,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     postfix_dir: str = "/etc/postfix"
     dovecot_dir: str = "/etc/dovecot"
     opendkim_dir: str = "/etc/opendkim"
+    tls_dir: str = "/etc/mailpanel/tls"
+    certbot: str = "certbot"  # the certbot binary for /tls/issue and /tls/renew
+    letsencrypt_dir: str = "/etc/letsencrypt"
+    dns_resolver: str = ""  # ip[:port] for /dns/verify; empty: the system resolver
     vmail_dir: str = "/var/vmail"
     mail_hostname: str = ""  # the MX host name (empty: mx.mailpanel.test in a sandbox, else FQDN)
     jwt_ttl_s: int = 24 * 3600

@@ -57,3 +57,13 @@ def whitelist_subject(entry_type: str, value: str, prefix: str = PREFIX) -> str:
 def agent_subject(host: str, prefix: str = PREFIX) -> str:
     """Each reconcile agent reports on its own subject."""
     return f"{prefix}.agent.{encode_key(host)}"
+
+
+def dkim_subject(domain: str, prefix: str = PREFIX) -> str:
+    """Every selector of a domain on one subject: rotation decides over all of them."""
+    return f"{prefix}.dkim.{encode_key(domain)}"
+
+
+def tls_subject(hostname: str, prefix: str = PREFIX) -> str:
+    """One certificate record per host name."""
+    return f"{prefix}.tls.{encode_key(hostname)}"

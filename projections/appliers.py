@@ -16,6 +16,10 @@ from core.events import (
     AliasCreated,
     AliasDeleted,
     AliasUpdated,
+    DkimKeyActivated,
+    DkimKeyDeleted,
+    DkimKeyGenerated,
+    DkimKeyRetired,
     DomainCreated,
     DomainDefaultsSet,
     DomainDeleted,
@@ -30,6 +34,8 @@ from core.events import (
     MailboxPasswordChanged,
     MailboxUpdated,
     SecuritySettingsChanged,
+    TlsCertRegistered,
+    TlsCertRemoved,
     TokenCreated,
     TokenRevoked,
     TokenRotated,
@@ -94,6 +100,36 @@ UPSERT_WHITELIST = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 DELETE_WHITELIST = "DELETE FROM whitelist WHERE id = ?"
+# A key that starts signing turns the domain's old signer into "previous" (still published).
+DEMOTE_DKIM = (
+    "UPDATE dkim_keys SET status = 'previous', updated_at = ?, seq = ? "
+    "WHERE domain = ? AND status = 'active' AND selector != ?"
+)
+UPSERT_DKIM = (
+    "INSERT INTO dkim_keys (domain, selector, algorithm, public_key, private_key_sealed, status, "
+    "created_at, updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(domain, selector) DO UPDATE SET algorithm = excluded.algorithm, "
+    "public_key = excluded.public_key, private_key_sealed = excluded.private_key_sealed, "
+    "status = excluded.status, created_at = excluded.created_at, updated_at = excluded.updated_at, "
+    "seq = excluded.seq"
+)
+SET_DKIM_STATUS = (
+    "UPDATE dkim_keys SET status = ?, updated_at = ?, seq = ? WHERE domain = ? AND selector = ?"
+)
+DELETE_DKIM = "DELETE FROM dkim_keys WHERE domain = ? AND selector = ?"
+# A re-registration for the same host name keeps the record's id.
+UPSERT_TLS = (
+    "INSERT INTO tls_certs (id, hostname, issuer, chain_pem, key_sealed, cert_path, key_path, "
+    "names, fingerprint, not_before, expires_at, created_at, updated_at, version) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(hostname) DO UPDATE SET issuer = excluded.issuer, "
+    "chain_pem = excluded.chain_pem, key_sealed = excluded.key_sealed, "
+    "cert_path = excluded.cert_path, key_path = excluded.key_path, names = excluded.names, "
+    "fingerprint = excluded.fingerprint, not_before = excluded.not_before, "
+    "expires_at = excluded.expires_at, updated_at = excluded.updated_at, "
+    "version = excluded.version"
+)
+DELETE_TLS = "DELETE FROM tls_certs WHERE id = ?"
 # Every event on an aggregate's subject moves its row's version (its ETag and the expected
 # sequence of the next append), overrides included.
 PUT_AGENT = "INSERT OR REPLACE INTO agents (host, data, at, seq) VALUES (?, ?, ?, ?)"
@@ -153,6 +189,10 @@ class Item(NamedTuple):
     subject: str
     env: Envelope
     raw: bytes
+
+
+def _opt_time(value: datetime | None) -> str | None:
+    return rfc3339(value) if value is not None else None
 
 
 def index_row(item: Item, at: str, reason: str) -> tuple[object, ...]:
@@ -284,6 +324,52 @@ def apply_effect(
             db.execute(UPSERT_WHITELIST, (seq, e.entry_type, e.value, e.note, at, seq))
         case WhitelistEntryRemoved() as e:
             db.execute(DELETE_WHITELIST, (e.id,))
+        case DkimKeyGenerated() as e:
+            if e.status == "active":
+                db.execute(DEMOTE_DKIM, (at, seq, e.domain, e.selector))
+            db.execute(
+                UPSERT_DKIM,
+                (
+                    e.domain,
+                    e.selector,
+                    e.algorithm,
+                    e.public_key,
+                    e.private_key_sealed,
+                    e.status,
+                    at,
+                    at,
+                    seq,
+                ),
+            )
+        case DkimKeyActivated() as e:
+            db.execute(DEMOTE_DKIM, (at, seq, e.domain, e.selector))
+            db.execute(SET_DKIM_STATUS, ("active", at, seq, e.domain, e.selector))
+        case DkimKeyRetired() as e:
+            db.execute(SET_DKIM_STATUS, ("retired", at, seq, e.domain, e.selector))
+        case DkimKeyDeleted() as e:
+            db.execute(DELETE_DKIM, (e.domain, e.selector))
+        case TlsCertRegistered() as e:
+            db.execute(
+                UPSERT_TLS,
+                (
+                    seq,
+                    e.hostname,
+                    e.issuer,
+                    e.chain_pem,
+                    e.key_sealed,
+                    e.cert_path,
+                    e.key_path,
+                    _json.encode(list(e.names)).decode(),
+                    e.fingerprint,
+                    _opt_time(e.not_before),
+                    _opt_time(e.expires_at),
+                    at,
+                    at,
+                    seq,
+                ),
+            )
+        case TlsCertRemoved() as e:
+            db.execute(DELETE_TLS, (e.id,))
         case AgentReconciled() as e:
             db.execute(PUT_AGENT, (e.host, _json.encode(e).decode(), at, seq))
         case TokenCreated() as e:

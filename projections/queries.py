@@ -119,3 +119,54 @@ async def events_at(db: aiosqlite.Connection, seqs: list[int]) -> dict[int, tupl
     """(time, actor) of each event sequence."""
     rows = await db.execute_fetchall(EVENTS_AT, (msgspec.json.encode(seqs).decode(),))
     return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+
+
+# ---- DKIM keys, TLS certificates ----------------------------------------------------------
+
+DKIM_COLUMNS = "domain, selector, algorithm, public_key, status, created_at, updated_at"
+LIST_DKIM = (
+    f"SELECT {DKIM_COLUMNS}, count(*) OVER () FROM dkim_keys "
+    "WHERE (?1 IS NULL OR domain = ?1) "
+    "AND (?2 IS NULL OR domain IN (SELECT value FROM json_each(?2))) "
+    "ORDER BY domain, selector LIMIT ?3 OFFSET ?4"
+)
+COUNT_DKIM = (
+    "SELECT count(*) FROM dkim_keys WHERE (?1 IS NULL OR domain = ?1) "
+    "AND (?2 IS NULL OR domain IN (SELECT value FROM json_each(?2)))"
+)
+GET_DKIM = f"SELECT {DKIM_COLUMNS} FROM dkim_keys WHERE domain = ? AND selector = ?"
+DKIM_OF_DOMAIN = f"SELECT {DKIM_COLUMNS} FROM dkim_keys WHERE domain = ? ORDER BY selector"
+TLS_COLUMNS = (
+    "id, hostname, issuer, cert_path, key_path, expires_at, created_at, names, fingerprint, "
+    "not_before, updated_at"
+)
+LIST_TLS = f"SELECT {TLS_COLUMNS}, count(*) OVER () FROM tls_certs ORDER BY id LIMIT ? OFFSET ?"
+COUNT_TLS = "SELECT count(*) FROM tls_certs"
+TLS_BY_ISSUER = f"SELECT {TLS_COLUMNS} FROM tls_certs WHERE issuer = ? ORDER BY id"
+
+
+async def dkim_page(
+    db: aiosqlite.Connection,
+    limit: int,
+    offset: int,
+    domain: str | None = None,
+    allowed: tuple[str, ...] | None = None,
+) -> tuple[list[Row], int]:
+    restrict = None if allowed is None else msgspec.json.encode(allowed).decode()
+    rows = list(await db.execute_fetchall(LIST_DKIM, (domain, restrict, limit, offset)))
+    if rows:
+        return [tuple(r)[:-1] for r in rows], int(rows[0][-1])
+    count = list(await db.execute_fetchall(COUNT_DKIM, (domain, restrict)))
+    return [], int(count[0][0])
+
+
+async def tls_page(db: aiosqlite.Connection, limit: int, offset: int) -> tuple[list[Row], int]:
+    rows = list(await db.execute_fetchall(LIST_TLS, (limit, offset)))
+    if rows:
+        return [tuple(r)[:-1] for r in rows], int(rows[0][-1])
+    count = list(await db.execute_fetchall(COUNT_TLS, ()))
+    return [], int(count[0][0])
+
+
+async def rows(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> list[Row]:
+    return [tuple(r) for r in await db.execute_fetchall(sql, args)]

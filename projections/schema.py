@@ -121,6 +121,34 @@ CREATE TABLE IF NOT EXISTS whitelist (
     version INTEGER NOT NULL,
     UNIQUE (entry_type, value)
 );
+CREATE TABLE IF NOT EXISTS dkim_keys (
+    domain TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    private_key_sealed TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (domain, selector)
+);
+CREATE TABLE IF NOT EXISTS tls_certs (
+    id INTEGER PRIMARY KEY,
+    hostname TEXT NOT NULL UNIQUE,
+    issuer TEXT NOT NULL,
+    chain_pem TEXT NOT NULL,
+    key_sealed TEXT NOT NULL,
+    cert_path TEXT NOT NULL,
+    key_path TEXT NOT NULL,
+    names TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    not_before TEXT,
+    expires_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     host TEXT PRIMARY KEY,
     data TEXT NOT NULL,
@@ -151,5 +179,7 @@ READ_MODEL_TABLES = (
     "effective_domains",
     "effective_mailboxes",
     "whitelist",
+    "dkim_keys",
+    "tls_certs",
     "agents",
 )

@@ -139,6 +139,7 @@ def load_settings(
         jwt_secret=env.get("MAILPANEL_JWT_SECRET") or values["JWT_SECRET"],
         data_key=env.get("MAILPANEL_DATA_KEY") or values["DATA_KEY"],
         data_key_id=env.get("MAILPANEL_DATA_KEY_ID") or values.get("DATA_KEY_ID", ""),
+        old_data_keys=_old_keys(env.get("MAILPANEL_OLD_DATA_KEYS", "")),
         nats_password=values["NATS_PASSWORD"],
         host_ips=host_ips(env),
         rate_limit_login=_int(env, "MAILPANEL_RATE_LIMIT_LOGIN", 5),
@@ -157,6 +158,10 @@ def load_settings(
         dovecot_dir=env.get("MAILPANEL_DOVECOT_DIR") or "/etc/dovecot",
         opendkim_dir=env.get("MAILPANEL_OPENDKIM_DIR") or "/etc/opendkim",
         vmail_dir=env.get("MAILPANEL_VMAIL_DIR") or "/var/vmail",
+        tls_dir=env.get("MAILPANEL_TLS_DIR") or "/etc/mailpanel/tls",
+        certbot=env.get("MAILPANEL_CERTBOT") or "certbot",
+        letsencrypt_dir=env.get("MAILPANEL_LETSENCRYPT_DIR") or "/etc/letsencrypt",
+        dns_resolver=env.get("MAILPANEL_DNS_RESOLVER", ""),
         mail_hostname=env.get("MAILPANEL_MAIL_HOSTNAME")
         or ("" if not system else socket.getfqdn()),
     )
@@ -190,3 +195,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
     if not raw.isdigit():
         raise SystemExit(f"mailpanel: {name} must be a non-negative integer, got {raw!r}")
     return int(raw)
+
+
+def _old_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    """MAILPANEL_OLD_DATA_KEYS="id:base64key,id:base64key": retired keys, still readable."""
+    out = []
+    for part in raw.split(","):
+        key_id, sep, key = part.strip().partition(":")
+        if not part.strip():
+            continue
+        if not sep or not key_id or not key:
+            raise SystemExit("mailpanel: MAILPANEL_OLD_DATA_KEYS must be id:key pairs")
+        out.append((key_id, key))
+    return tuple(out)

@@ -24,17 +24,26 @@ from typing import Any
 
 import msgspec
 
+from commands import keys
 from commands.log import EventLog, Unavailable, WrongSequence
-from core.events import AgentReconciled, Envelope, Meta
+from commands.sealing import Sealer, dkim_aad, tls_aad
+from core.events import AgentReconciled, Envelope, Meta, TlsCertRegistered
 from core.settings import Settings
-from core.subjects import agent_subject
+from core.subjects import agent_subject, tls_subject
 from projections.runner import Projector
 from workers.reconcile import maildirs
 from workers.reconcile.apply import apply, diff, sha256
-from workers.reconcile.layout import DOVECOT_DIR, OPENDKIM_DIR, POSTFIX_DIR, Layout
-from workers.reconcile.render import RenderError, render
+from workers.reconcile.layout import (
+    DOVECOT_DIR,
+    KEYS_DIR,
+    OPENDKIM_DIR,
+    POSTFIX_DIR,
+    TLS_DIR,
+    Layout,
+)
+from workers.reconcile.render import RenderError, SigningKey, TlsBundle, render
 from workers.reconcile.stack import MailStack
-from workers.reconcile.state import MailState, load_state
+from workers.reconcile.state import CertRow, MailState, load_state
 from workers.reconcile.validate import Report, validate_candidate
 
 log = logging.getLogger("mailpanel.agent")
@@ -77,6 +86,7 @@ def layout_for(settings: Settings) -> Layout:
             "postfix_dir": Path(settings.postfix_dir),
             "dovecot_dir": Path(settings.dovecot_dir),
             "opendkim_dir": Path(settings.opendkim_dir),
+            "tls_dir": Path(settings.tls_dir),
             "queue_dir": Path("/var/spool/postfix"),
             "data_dir": Path("/var/lib/postfix"),
             "log_dir": Path("/var/log/mailpanel"),
@@ -94,6 +104,13 @@ def _vmail_ids() -> tuple[int, int]:
     except KeyError:
         return 5000, 5000
     return entry.pw_uid, entry.pw_gid
+
+
+def is_secret(rel: str) -> bool:
+    """Files holding a private key: never shown in a diff or a log."""
+    return rel.startswith(KEYS_DIR + "/") or (
+        rel.startswith(TLS_DIR + "/") and rel.endswith("/privkey.pem")
+    )
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -121,7 +138,10 @@ class Agent:
         self.projector = Projector(db_path)
         self.db = sqlite3.connect(db_path, check_same_thread=False)
         # sandbox: we run the daemons; system: they run already, we only reload them.
-        self.stack = MailStack(self.layout) if self.mode in ("sandbox", "system") else None
+        self.stack = (
+            MailStack(self.layout, opendkim=True) if self.mode in ("sandbox", "system") else None
+        )
+        self.sealer = Sealer(settings.data_key, settings.data_key_id, dict(settings.old_data_keys))
         self.event_log: EventLog | None = None
         self.last: Outcome | None = None  # the last applied run (tests and callers wait on it)
         self._dirty = asyncio.Event()
@@ -140,6 +160,7 @@ class Agent:
         await self.projector.start(event_log)
         if target:
             await self.projector.wait_for(target, 60)
+        await self._ensure_certificate(event_log)
         # Listen only now: the catch-up is covered by the run below, not by a second one.
         self.projector.listeners.append(self._on_applied)
         await self.reconcile()
@@ -149,6 +170,78 @@ class Agent:
             f"{event_log.prefix}{CONTROL_SUBJECT}", cb=self._on_control
         )
         self._task = asyncio.create_task(self._follow(), name="reconcile-agent")
+
+    async def _ensure_certificate(self, event_log: EventLog) -> None:
+        """TLS out of the box: a self-signed certificate for the mail host name unless one
+        covers it already (registered once, whichever agent of that name gets there first)."""
+        hostname = self.layout.hostname
+        if self._certificate(load_state(self.db)) is not None:
+            return
+        cert_pem, key_pem = await asyncio.to_thread(keys.self_signed, hostname, datetime.now(UTC))
+        info = keys.parse_bundle(cert_pem, key_pem, hostname, datetime.now(UTC))
+        event = TlsCertRegistered(
+            hostname=info.hostname,
+            issuer="self",
+            chain_pem=info.chain_pem,
+            key_sealed=self.sealer.seal(info.key_pem.encode(), tls_aad(info.hostname)),
+            names=info.names,
+            fingerprint=info.fingerprint_sha256,
+            not_before=info.not_before,
+            expires_at=info.expires_at,
+        )
+        meta = Meta(actor=f"agent:{self.host}", actor_id=f"agent:{self.host}", at=datetime.now(UTC))
+        subject = tls_subject(hostname, event_log.prefix)
+        try:
+            last = await event_log.last_seq_on(subject)
+            if last:
+                return  # a record exists (maybe not applied here yet): never replace it
+            seq, _ = await event_log.append(
+                subject, Envelope(meta=meta, event=event), 0, f"self-signed-{hostname}"
+            )
+            await self.projector.wait_for(seq, 30)
+        except (WrongSequence, Unavailable) as exc:
+            log.info("self-signed certificate not registered: %s", exc)
+
+    def _certificate(self, state: MailState) -> CertRow | None:
+        """The certificate for the mail host name: its own record, else one that covers it."""
+        hostname = self.layout.hostname
+        exact = [c for c in state.certs if c.hostname == hostname]
+        covering = [c for c in state.certs if any(keys.name_covers(n, hostname) for n in c.names)]
+        found = exact or covering
+        return found[0] if found else None
+
+    def _secrets(
+        self, state: MailState, lines: list[str]
+    ) -> tuple[list[SigningKey], TlsBundle | None]:
+        """Decrypt what the files need: DKIM keys of active domains that sign, and the
+        certificate key. A key that will not open is reported and left out, never guessed."""
+        domains = {d.name: d for d in state.domains}
+        signing = []
+        for row in state.dkim:
+            domain = domains.get(row.domain)
+            if domain is None or not domain.active:
+                continue
+            if not domain.effective.get("dkim_enabled", True):
+                continue
+            try:
+                pem = self.sealer.unseal(row.sealed, dkim_aad(row.domain)).decode()
+            except keys.SealError as exc:
+                lines.append(f"DKIM key {row.selector} of {row.domain} not usable: {exc}")
+                continue
+            signing.append(SigningKey(domain=row.domain, selector=row.selector, private_pem=pem))
+        cert = self._certificate(state)
+        tls = None
+        if cert is not None and cert.chain_pem and cert.key_sealed:
+            try:
+                key_pem = self.sealer.unseal(cert.key_sealed, tls_aad(cert.hostname)).decode()
+                tls = TlsBundle(hostname=cert.hostname, chain_pem=cert.chain_pem, key_pem=key_pem)
+            except keys.SealError as exc:
+                lines.append(f"TLS key of {cert.hostname} not usable: {exc}")
+        elif cert is not None and cert.cert_path:
+            tls = TlsBundle(
+                hostname=cert.hostname, cert_path=cert.cert_path, key_path=cert.key_path
+            )
+        return signing, tls
 
     async def stop(self) -> None:
         if self._control is not None:
@@ -204,7 +297,8 @@ class Agent:
         state = load_state(self.db)
         lines: list[str] = [f"read model at sequence {state.seq}"]
         try:
-            files = render(state, self.layout)
+            signing, tls = self._secrets(state, lines)
+            files = render(state, self.layout, signing=signing, tls=tls)
         except RenderError as exc:
             return Outcome(
                 ok=False, step="render", applied_seq=state.seq, log=lines, error=str(exc)
@@ -235,6 +329,9 @@ class Agent:
         changed = diff(files, self.layout)
         diffs: dict[str, str] = {}
         for rel in changed:
+            if is_secret(rel):
+                diffs[rel] = f"{rel}: a private key changed (content not shown)\n"
+                continue
             live = self.layout.live(rel)
             old = live.read_text().splitlines(keepends=True) if live.exists() else []
             diffs[rel] = "".join(
@@ -258,7 +355,7 @@ class Agent:
     def _validate_candidate(self, files: dict[str, str]) -> Report:
         scratch = Path(tempfile.mkdtemp(prefix="mp-dry-", dir=self.layout.root.parent))
         try:
-            for prefix in (POSTFIX_DIR, DOVECOT_DIR, OPENDKIM_DIR):
+            for prefix in (POSTFIX_DIR, DOVECOT_DIR, OPENDKIM_DIR, TLS_DIR):
                 live_dir = self.layout.live(prefix)
                 if live_dir.is_dir():
                     shutil.copytree(live_dir, scratch / prefix, dirs_exist_ok=True, symlinks=True)

@@ -11,7 +11,7 @@ Rules:
 - Every written file is backdated 3 s: Postfix stalls ~1.8 s on main.cf or a map younger than
   2 s (its "cool-down"), in every program including the smtpd spawned after a reload.
 - Modes: passwd-file root:dovecot 0640 (the auth process runs as dovecot), DKIM keys
-  opendkim 0600, everything else root 0644.
+  opendkim 0600, TLS keys root 0600, everything else root 0644.
 """
 
 import grp
@@ -31,14 +31,17 @@ from workers.reconcile.layout import (
     OPENDKIM_DIR,
     PASSWD,
     POSTFIX_DIR,
+    TLS_DIR,
     Layout,
 )
 from workers.reconcile.validate import Report, validate_candidate
 
 BACKDATE_S = 3.0
 REJECTED = ".candidate-rejected"
-OWNED_TREES = (KEYS_DIR,)  # every file below is rendered by the agent
+OWNED_TREES = (KEYS_DIR, TLS_DIR)  # every file below is rendered by the agent
 DAEMON_OF_DIR = {POSTFIX_DIR: "postfix", DOVECOT_DIR: "dovecot", OPENDKIM_DIR: "opendkim"}
+# A certificate change reloads both daemons that present it.
+DAEMONS_OF_TLS = ("postfix", "dovecot")
 
 
 def sha256(text: str) -> str:
@@ -51,7 +54,15 @@ def file_mode(rel: str) -> tuple[int, str | None, str | None]:
         return 0o640, None, "dovecot"
     if rel.startswith(KEYS_DIR + "/"):
         return 0o600, "opendkim", "opendkim"
+    if rel.startswith(TLS_DIR + "/") and rel.endswith("/privkey.pem"):
+        return 0o600, None, None  # Postfix and Dovecot read their keys as root
     return 0o644, None, None
+
+
+def daemons_of(rel: str) -> tuple[str, ...]:
+    if rel.startswith(TLS_DIR + "/"):
+        return DAEMONS_OF_TLS
+    return (daemon_of(rel),)
 
 
 def daemon_of(rel: str) -> str:
@@ -191,5 +202,5 @@ def apply(files: dict[str, str], layout: Layout, validate: bool = True) -> Repor
     finally:
         shutil.rmtree(candidate, ignore_errors=True)
     changed.update({rel: "" for rel in removed})  # an empty hash: the file is gone
-    daemons = sorted({daemon_of(rel) for rel in changed} - {"other"})
+    daemons = sorted({d for rel in changed for d in daemons_of(rel)} - {"other"})
     return Report(ok=True, step="applied", log=log, changed=changed, daemons=daemons)

@@ -26,6 +26,17 @@ OPENDKIM_CONF = f"{OPENDKIM_DIR}/opendkim.conf"
 KEY_TABLE = f"{OPENDKIM_DIR}/KeyTable"
 SIGNING_TABLE = f"{OPENDKIM_DIR}/SigningTable"
 KEYS_DIR = f"{OPENDKIM_DIR}/keys"
+TLS_DIR = "etc/mailpanel/tls"  # <hostname>/fullchain.pem and privkey.pem
+
+
+def dkim_key_file(domain: str, selector: str) -> str:
+    return f"{KEYS_DIR}/{domain}/{selector}.private"
+
+
+def tls_files(hostname: str) -> tuple[str, str]:
+    """(chain, key) of a certificate the agent writes."""
+    return f"{TLS_DIR}/{hostname}/fullchain.pem", f"{TLS_DIR}/{hostname}/privkey.pem"
+
 
 # texthash maps in the Postfix config directory (no postmap needed, reload picks them up).
 MAPS = (
@@ -75,24 +86,28 @@ class Layout:
         base = cls(root=settings.data_dir / "mailstack", mail_root_dir=settings.mail_root)
         return replace(base, **changes)
 
-    def live(self, rel: str) -> Path:
-        """Where the rendered file `rel` (etc/postfix/main.cf, ...) lives."""
-        for prefix, directory in (
+    @property
+    def tls_dir(self) -> Path:
+        return self._path("tls_dir", self.root / TLS_DIR)
+
+    def _dirs(self) -> tuple[tuple[str, Path], ...]:
+        return (
             (POSTFIX_DIR, self.postfix_dir),
             (DOVECOT_DIR, self.dovecot_dir),
             (OPENDKIM_DIR, self.opendkim_dir),
-        ):
+            (TLS_DIR, self.tls_dir),
+        )
+
+    def live(self, rel: str) -> Path:
+        """Where the rendered file `rel` (etc/postfix/main.cf, ...) lives."""
+        for prefix, directory in self._dirs():
             if rel == prefix or rel.startswith(prefix + "/"):
                 return directory / rel[len(prefix) + 1 :] if rel != prefix else directory
         return self.root / rel
 
     def staged(self, live: Path, candidate: Path) -> Path | None:
         """The candidate copy of a live path, or None when it is not a rendered location."""
-        for prefix, directory in (
-            (POSTFIX_DIR, self.postfix_dir),
-            (DOVECOT_DIR, self.dovecot_dir),
-            (OPENDKIM_DIR, self.opendkim_dir),
-        ):
+        for prefix, directory in self._dirs():
             if live.is_relative_to(directory):
                 return candidate / prefix / live.relative_to(directory)
         return None

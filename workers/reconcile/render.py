@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from workers.reconcile.layout import (
@@ -27,6 +28,8 @@ from workers.reconcile.layout import (
     SIGNING_TABLE,
     SPECIAL_USE,
     Layout,
+    dkim_key_file,
+    tls_files,
 )
 from workers.reconcile.maildirs import UnsafePath, check_component
 from workers.reconcile.state import Domain, MailState
@@ -80,12 +83,35 @@ USERNAME_CHARS = string.ascii_letters + string.digits + ".-_@!#$%&'*+=?^`{|}~"
 
 DkimKey = tuple[str, str, str]  # (domain, selector, absolute key path)
 
+
+class SigningKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A DKIM key the agent writes (decrypted from its event by the caller)."""
+
+    domain: str
+    selector: str
+    private_pem: str
+
+
+class TlsBundle(msgspec.Struct, frozen=True, kw_only=True):
+    """The certificate the mail host presents: PEMs the agent writes, or the files of
+    someone else (certbot) used where they are."""
+
+    hostname: str
+    chain_pem: str = ""
+    key_pem: str = ""
+    cert_path: str = ""
+    key_path: str = ""
+
+
+CIPHERS = {"high": "HIGH:!aNULL:!MD5:!3DES", "medium": "MEDIUM:HIGH:!aNULL:!MD5"}
+
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space
 _SCHEME_HASH = re.compile(r"^\{[A-Z0-9.-]+\}[\x21-\x39\x3b-\x7e]+$")  # printable, no ":"
 _PATH = re.compile(r"^/[A-Za-z0-9/._@+=-]*$")
-_SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_SELECTOR = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PEM = re.compile(r"^-----BEGIN [A-Z ]+-----\n[A-Za-z0-9+/=\n]+-----END [A-Z ]+-----\n?$")
 
 
 class RenderError(ValueError):
@@ -336,15 +362,67 @@ def _dkim(keys: Sequence[DkimKey]) -> tuple[list[tuple[str, str]], list[tuple[st
     return key_table, signing_table
 
 
-def render(state: MailState, layout: Layout, dkim_keys: Sequence[DkimKey] = ()) -> dict[str, str]:
-    """Every file of the mail stack, keyed by its path relative to layout.root."""
+def pem(text: str, what: str) -> str:
+    """A PEM block sequence as written to a key or certificate file."""
+    blocks = re.findall(
+        r"-----BEGIN [A-Z ]+-----\n[A-Za-z0-9+/=\n]+?-----END [A-Z ]+-----\n?", text
+    )
+    if not blocks or "".join(blocks) != text or not all(_PEM.match(b) for b in blocks):
+        raise _fail(what, "(not PEM)")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _tls(tls: TlsBundle | None, layout: Layout, files: dict[str, str]) -> dict[str, str] | None:
+    """The certificate and key paths the daemons use; the PEMs go into `files`."""
+    if tls is None:
+        return None
+    if tls.chain_pem:
+        chain_rel, key_rel = tls_files(domain_name(tls.hostname))
+        files[chain_rel] = pem(tls.chain_pem, "TLS certificate")
+        files[key_rel] = pem(tls.key_pem, "TLS key")
+        return {
+            "cert": path(layout.live(chain_rel), "TLS path"),
+            "key": path(layout.live(key_rel), "TLS path"),
+        }
+    return {"cert": path(tls.cert_path, "TLS path"), "key": path(tls.key_path, "TLS path")}
+
+
+def render(
+    state: MailState,
+    layout: Layout,
+    dkim_keys: Sequence[DkimKey] = (),
+    *,
+    signing: Sequence[SigningKey] = (),
+    tls: TlsBundle | None = None,
+) -> dict[str, str]:
+    """Every file of the mail stack, keyed by its path relative to layout.root. DKIM keys in
+    `signing` and a TLS bundle with PEMs are written by the agent too (its owned trees)."""
     _check_layout(layout)
+    files: dict[str, str] = {}
+    all_keys = list(dkim_keys)
+    for key in signing:
+        if not _SELECTOR.match(key.selector):
+            raise _fail("DKIM selector", key.selector)
+        rel = dkim_key_file(domain_name(key.domain), key.selector)
+        files[rel] = pem(key.private_pem, "DKIM key")
+        all_keys.append((key.domain, key.selector, str(layout.live(rel))))
+    tls_paths = _tls(tls, layout, files)
+    milter = layout.dkim or bool(all_keys)
     domains = {domain_name(d.name): d for d in state.domains}
     glob = state.global_config
     ipv6_out = any(":" in ip(d.outgoing_ip) for d in domains.values() if d.outgoing_ip)
-    files: dict[str, str] = {}
+    tls_min = str(glob.get("tls_min_version", "TLSv1.2"))
+    if tls_min not in ("TLSv1.2", "TLSv1.3"):
+        raise _fail("tls_min_version", tls_min)
+    cipher_policy = str(glob.get("cipher_policy", "high"))
+    if cipher_policy not in CIPHERS:
+        raise _fail("cipher_policy", cipher_policy)
     files[MAIN_CF] = _env.get_template("main.cf.j2").render(
         layout=layout,
+        milter=milter,
+        tls=tls_paths,
+        tls_min=tls_min,
+        cipher_policy=cipher_policy,
         inet_protocols="ipv4" if layout.sandbox or not ipv6_out else "all",
         mynetworks=networks(str(glob["relay_networks"])),
         message_size_limit=number(glob["message_size_limit"], "message_size_limit"),
@@ -353,6 +431,7 @@ def render(state: MailState, layout: Layout, dkim_keys: Sequence[DkimKey] = ()) 
     )
     files[MASTER_CF] = _env.get_template("master.cf.j2").render(
         layout=layout,
+        tls=tls_paths,
         transports=_transports(domains),
         submission_restrictions=restrictions(SUBMISSION_RELAY_RESTRICTIONS).replace(" ", ""),
     )
@@ -360,10 +439,15 @@ def render(state: MailState, layout: Layout, dkim_keys: Sequence[DkimKey] = ()) 
     for name, entries in _maps(state, domains).items():
         files[f"{POSTFIX_DIR}/{name}"] = map_template.render(about=MAP_ABOUT[name], entries=entries)
     files[DOVECOT_CONF] = _env.get_template("dovecot.conf.j2").render(
-        layout=layout, special_use=SPECIAL_USE, username_chars=USERNAME_CHARS
+        layout=layout,
+        special_use=SPECIAL_USE,
+        username_chars=USERNAME_CHARS,
+        tls=tls_paths,
+        tls_min=tls_min,
+        ciphers=CIPHERS[cipher_policy],
     )
     files[PASSWD] = _env.get_template("passwd.j2").render(lines=_passwd(state, layout, domains))
-    key_table, signing_table = _dkim(dkim_keys)
+    key_table, signing_table = _dkim(all_keys)
     files[OPENDKIM_CONF] = _env.get_template("opendkim.conf.j2").render(
         layout=layout,
         key_table=layout.live(KEY_TABLE),

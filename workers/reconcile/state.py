@@ -38,12 +38,33 @@ class Alias(msgspec.Struct, frozen=True, kw_only=True):
     id: int = 0
 
 
+class DkimRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A signing (active) DKIM key; its private half still sealed."""
+
+    domain: str
+    selector: str
+    sealed: str
+
+
+class CertRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    hostname: str
+    issuer: str
+    names: tuple[str, ...]
+    chain_pem: str
+    key_sealed: str
+    cert_path: str
+    key_path: str
+
+
 class MailState(msgspec.Struct, frozen=True, kw_only=True):
     domains: tuple[Domain, ...] = ()
     mailboxes: tuple[Mailbox, ...] = ()
     aliases: tuple[Alias, ...] = ()
     # Config tiers by name ("global", "domain_defaults", "mailbox_defaults"), defaults filled in.
     tiers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    dkim: tuple[DkimRow, ...] = ()
+    certs: tuple[CertRow, ...] = ()
     seq: int = 0  # the projector checkpoint the snapshot was taken at (0: unknown)
 
     @property
@@ -62,6 +83,14 @@ MAILBOXES = (
 )
 ALIASES = "SELECT id, source, destination FROM aliases ORDER BY source"
 TIERS = "SELECT name, data FROM config_tiers"
+DKIM = (
+    "SELECT domain, selector, private_key_sealed FROM dkim_keys WHERE status = 'active' "
+    "ORDER BY domain, selector"
+)
+CERTS = (
+    "SELECT id, hostname, issuer, names, chain_pem, key_sealed, cert_path, key_path "
+    "FROM tls_certs ORDER BY id"
+)
 CHECKPOINT = "SELECT seq FROM checkpoint WHERE name = 'projector'"
 
 _decode = msgspec.json.Decoder(dict[str, Any])
@@ -110,6 +139,23 @@ def load_state(db: sqlite3.Connection) -> MailState:
             for row in db.execute(ALIASES).fetchall()
         )
         stored = {str(name): _json(data) for name, data in db.execute(TIERS).fetchall()}
+        dkim = tuple(
+            DkimRow(domain=str(r[0]), selector=str(r[1]), sealed=str(r[2]))
+            for r in db.execute(DKIM).fetchall()
+        )
+        certs = tuple(
+            CertRow(
+                id=int(r[0]),
+                hostname=str(r[1]),
+                issuer=str(r[2]),
+                names=tuple(msgspec.json.decode(str(r[3]).encode(), type=list[str])),
+                chain_pem=str(r[4]),
+                key_sealed=str(r[5]),
+                cert_path=str(r[6]),
+                key_path=str(r[7]),
+            )
+            for r in db.execute(CERTS).fetchall()
+        )
         checkpoint = db.execute(CHECKPOINT).fetchone()
     finally:
         if began:
@@ -123,5 +169,7 @@ def load_state(db: sqlite3.Connection) -> MailState:
         mailboxes=mailboxes,
         aliases=aliases,
         tiers=tiers,
+        dkim=dkim,
+        certs=certs,
         seq=int(checkpoint[0]) if checkpoint else 0,
     )

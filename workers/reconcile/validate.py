@@ -24,6 +24,7 @@ from workers.reconcile.layout import (
     OPENDKIM_DIR,
     PASSWD,
     POSTFIX_DIR,
+    TLS_DIR,
     Layout,
 )
 
@@ -138,9 +139,14 @@ class _Validator:
         # connects to QUEUE/public/postlog (a unix socket path, at most 107 bytes). Its reason
         # for refusing goes only to a postlogd or syslog, so the log cannot say more.
         env = {"PATH": SEARCH_PATH, "MAIL_CONFIG": str(conf)}
+        extra = []
+        for line in (conf / "main.cf").read_text().splitlines():
+            if line.startswith("smtpd_tls_chain_files = "):  # the candidate's, not live files
+                extra = ["-o", self._staged_tls(line.partition(" = ")[2]).replace(" ", "")]
+                extra[1] = "smtpd_tls_chain_files=" + extra[1]
         with tempfile.TemporaryDirectory(prefix="mailpanel-probe-") as probe:
             out = _run(
-                [str(smtpd), "-S", "-o", f"queue_directory={probe}"],
+                [str(smtpd), "-S", "-o", f"queue_directory={probe}", *extra],
                 env=env,
                 stdin=b"EHLO validate\r\nQUIT\r\n",
             )
@@ -150,6 +156,11 @@ class _Validator:
                 f"parameter value. {_tail(out.stdout + out.stderr)}".strip()
             )
         self.passed()
+
+    def _staged_tls(self, text: str) -> str:
+        """`text` with the live TLS dir pointing at the candidate's copy."""
+        live = str(self.layout.tls_dir) + "/"
+        return text.replace(live, str(self.candidate / TLS_DIR) + "/")
 
     def _map_specs(self, postconf: str, conf: Path) -> list[str]:
         """Every map main.cf refers to (expanded), plus every rendered map file."""
@@ -169,7 +180,13 @@ class _Validator:
             self.skip("doveconf -n", "doveconf")
             return
         self.step = "doveconf -n"
-        out = _run([doveconf, "-c", str(conf), "-n"])
+        # ssl_cert = <file is read while parsing: check a copy naming the candidate's files.
+        probe = conf.with_name(conf.name + ".probe")
+        probe.write_text(self._staged_tls(conf.read_text()))
+        try:
+            out = _run([doveconf, "-c", str(probe), "-n"])
+        finally:
+            probe.unlink()
         if out.returncode != 0 or re.search(r"warning", out.stdout + out.stderr, re.I):
             raise self.fail(_tail(out.stderr + out.stdout) or f"rc {out.returncode}")
         self.passed()
