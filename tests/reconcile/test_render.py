@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from workers.reconcile.layout import (
+    DENY_SERVICES,
     DOVECOT_CONF,
     KEY_TABLE,
     MAIN_CF,
@@ -83,6 +84,9 @@ def test_every_file_of_the_stack_is_rendered(files: dict[str, str]):
         "etc/postfix/virtual_aliases",
         "etc/postfix/recipient_access",
         "etc/postfix/sender_transport",
+        "etc/postfix/whitelist_senders",
+        "etc/postfix/whitelist_clients",
+        *(f"etc/dovecot/deny-{service}" for service in DENY_SERVICES),
     } == set(files)
 
 
@@ -355,3 +359,77 @@ def test_a_hostile_domain_alias_or_tier_value_is_refused(state: MailState):
 def test_a_layout_path_that_cannot_go_into_a_config_line_is_refused(root: str):
     with pytest.raises(RenderError):
         render(STATE, Layout(root=Path(root)))
+
+
+def test_connection_limits_come_from_the_global_tier():
+    state = MailState(tiers={"global": {"max_smtpd_connections": 7, "max_smtpd_rate_per_min": 90}})
+    main = lines(render(state, Layout(root=ROOT))[MAIN_CF])
+    assert "smtpd_client_connection_count_limit = 7" in main
+    assert "smtpd_client_connection_rate_limit = 90" in main
+    assert "anvil_rate_time_unit = 60s" in main
+
+
+def test_dnsbl_zones_come_after_the_whitelist_maps_and_only_when_enabled():
+    # Given DNSBL on with two zones and whitelist entries of every type
+    state = MailState(
+        tiers={
+            "global": {"dnsbl_enabled": True, "dnsbl_zones": "zen.spamhaus.org, bl.example.net"}
+        },
+        whitelist=(
+            ("ip", "192.0.2.7"),
+            ("cidr", "198.51.100.0/24"),
+            ("domain", "partner.example"),
+            ("email", "boss@friend.example"),
+        ),
+    )
+    files = render(state, Layout(root=ROOT))
+    recipient = next(ln for ln in lines(files[MAIN_CF]) if ln.startswith("smtpd_recipient_rest"))
+    # Then the whitelist maps are consulted before each reject_rbl_client
+    assert recipient.index("whitelist_clients") < recipient.index("reject_rbl_client")
+    assert "reject_rbl_client zen.spamhaus.org" in recipient
+    assert "reject_rbl_client bl.example.net" in recipient
+    assert lines(files["etc/postfix/whitelist_clients"]) == [
+        "192.0.2.7/32 OK",
+        "198.51.100.0/24 OK",
+    ]
+    assert lines(files["etc/postfix/whitelist_senders"]) == [
+        ".partner.example OK",
+        "boss@friend.example OK",
+        "partner.example OK",
+    ]
+    # And with DNSBL off no zone is queried
+    off = render(
+        MailState(tiers={"global": {"dnsbl_zones": "zen.spamhaus.org"}}), Layout(root=ROOT)
+    )
+    assert "reject_rbl_client" not in off[MAIN_CF]
+
+
+def test_a_hostile_dnsbl_zone_is_refused():
+    state = MailState(tiers={"global": {"dnsbl_enabled": True, "dnsbl_zones": "x.org,permit"}})
+    with pytest.raises(RenderError):
+        render(state, Layout(root=ROOT))
+
+
+def test_login_services_refuse_mailboxes_with_the_protocol_disabled():
+    state = MailState(
+        domains=(Domain(id=1, name="example.test"),),
+        mailboxes=(
+            mailbox("alice@example.test", effective={"enabled_imap": False}),
+            mailbox("bob@example.test", effective={"enabled_pop3": False, "enabled_smtp": False}),
+            mailbox("carol@example.test", effective={"enabled_imap": True}),
+        ),
+    )
+    files = render(state, Layout(root=ROOT))
+    assert lines(files["etc/dovecot/deny-imap"]) == ["alice@example.test"]
+    assert lines(files["etc/dovecot/deny-pop3"]) == ["bob@example.test"]
+    assert lines(files["etc/dovecot/deny-smtp"]) == ["bob@example.test"]
+    assert "deny = yes" in files[DOVECOT_CONF]
+
+
+def test_the_policy_service_is_wired_for_inbound_and_submission_only_when_it_runs(files):
+    assert "check_policy_service" not in files[MAIN_CF]
+    wired = render(STATE, Layout(root=ROOT, policy_port=10040))
+    main = wired[MAIN_CF]
+    assert "policy_context=inbound" in main and "smtpd_end_of_data_restrictions" in main
+    assert "-o smtpd_end_of_data_restrictions=$mailpanel_submission_policy" in wired[MASTER_CF]
+    assert "policy_context=submission" in main

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from workers.reconcile.apply import BACKDATE_S
@@ -98,12 +99,51 @@ def test_a_rendered_candidate_passes_every_step(tmp_path: Path, sandbox: bool):
         assert step in steps
 
 
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_every_feature_at_once_passes_every_step(tmp_path: Path, sandbox: bool):
+    """Policy service, DNSBL with whitelist maps, TLS, DKIM keys and login refusals."""
+    from datetime import UTC, datetime
+
+    from commands.keys import generate_dkim, self_signed
+    from workers.reconcile.render import SigningKey, TlsBundle
+
+    cert, key = self_signed("mx.mailpanel.test", datetime.now(UTC))
+    state = msgspec.structs.replace(
+        STATE,
+        tiers={
+            "global": {"dnsbl_enabled": True, "dnsbl_zones": "zen.spamhaus.org"},
+        },
+        whitelist=(("cidr", "192.0.2.0/24"), ("domain", "friend.example")),
+        mailboxes=tuple(
+            msgspec.structs.replace(m, effective={"enabled_imap": False}) for m in STATE.mailboxes
+        ),
+    )
+    layout = Layout(root=tmp_path / "live", sandbox=sandbox, policy_port=10040)
+    files = render(
+        state,
+        layout,
+        signing=[
+            SigningKey(
+                domain="example.test", selector="s1", private_pem=generate_dkim().private_pem
+            )
+        ],
+        tls=TlsBundle(hostname="mx.mailpanel.test", chain_pem=cert, key_pem=key),
+    )
+    write(tmp_path / "c", files)
+    report = validate_candidate(tmp_path / "c", layout)
+    assert report.ok, report.log
+
+
 FAULTS: dict[str, tuple[Edit, str]] = {
     "misspelled parameter": (append(MAIN_CF, "virtual_alias_map = texthash:/x\n"), "postconf -n"),
     # postconf -n reads master.cf too (service-defined parameters), so it already refuses.
     "bad master.cf line": (append(MASTER_CF, "broken unix - -\n"), "postconf -n"),
     "map line without value": (
         append("etc/postfix/virtual_aliases", "lonely@example.test\n"),
+        "postmap",
+    ),
+    "bad whitelist network": (
+        append("etc/postfix/whitelist_clients", "not-a-network OK\n"),
         "postmap",
     ),
     "bad boolean": (append(MAIN_CF, "smtputf8_enable = maybe\n"), "postmap"),

@@ -45,7 +45,11 @@ MAPS = (
     "virtual_aliases",
     "recipient_access",
     "sender_transport",
+    "whitelist_senders",
 )
+CIDR_MAPS = ("whitelist_clients",)
+# Per-service login refusals (Dovecot deny passdb, %s = the service asking).
+DENY_SERVICES = ("imap", "pop3", "smtp", "submission", "sieve", "managesieve", "doveadm")
 
 # Unix sockets live in Dovecot's base_dir and Postfix's queue dir (names up to ~25 chars);
 # sun_path holds 107 bytes.
@@ -67,6 +71,7 @@ class Layout:
     imap_port: int = 1143
     pop3_port: int = 1110
     milter_port: int = 8891
+    policy_port: int = 0  # the agent's policy service on loopback; 0 = not wired
     vmail_uid: int = 5000
     vmail_gid: int = 5000
     sandbox: bool = True

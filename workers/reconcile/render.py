@@ -17,8 +17,11 @@ from typing import Any
 import msgspec
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from core.config import GlobalConfig
 from workers.reconcile.layout import (
+    DENY_SERVICES,
     DOVECOT_CONF,
+    DOVECOT_DIR,
     KEY_TABLE,
     MAIN_CF,
     MASTER_CF,
@@ -57,6 +60,10 @@ ALLOWED_RESTRICTIONS = frozenset(
         "reject_unknown_recipient_domain",
         "reject_unauth_pipelining",
         "check_recipient_access",
+        "check_client_access",
+        "check_sender_access",
+        "check_policy_service",
+        "reject_rbl_client",
         "permit",
         "reject",
     }
@@ -289,7 +296,15 @@ def _maps(state: MailState, domains: dict[str, Domain]) -> dict[str, list[tuple[
         for name, d in sorted(domains.items())
         if d.outgoing_ip
     ]
+    whitelist_senders = []
+    for entry_type, value in state.whitelist:
+        if entry_type == "email":
+            whitelist_senders.append((map_key(address(value, "whitelist address")), "OK"))
+        elif entry_type == "domain":
+            name = domain_name(value)
+            whitelist_senders += [(map_key(name), "OK"), (map_key("." + name), "OK")]
     return {
+        "whitelist_senders": sorted(set(whitelist_senders)),
         "virtual_domains": virtual_domains,
         "virtual_mailboxes": sorted(mailboxes),
         "virtual_aliases": sorted((k, ", ".join(v)) for k, v in aliases.items()),
@@ -299,6 +314,8 @@ def _maps(state: MailState, domains: dict[str, Domain]) -> dict[str, list[tuple[
 
 
 MAP_ABOUT = {
+    "whitelist_senders": "Whitelisted senders (address, domain, subdomains): no DNSBL check.",
+    "whitelist_clients": "Whitelisted client networks: no DNSBL check.",
     "virtual_domains": "Every managed domain, active or not (inactive ones are refused at RCPT).",
     "virtual_mailboxes": "Every mailbox; the value is unused with LMTP delivery.",
     "virtual_aliases": "Aliases, catch-alls, and one identity line per mailbox.",
@@ -387,6 +404,58 @@ def _tls(tls: TlsBundle | None, layout: Layout, files: dict[str, str]) -> dict[s
     return {"cert": path(tls.cert_path, "TLS path"), "key": path(tls.key_path, "TLS path")}
 
 
+def _cidr(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _fail("whitelist network", value) from None
+    return str(net)
+
+
+def _denied(state: MailState, domains: dict[str, Domain]) -> dict[str, list[str]]:
+    """Mailboxes refused per login service: enabled_imap / enabled_pop3 false; enabled_smtp
+    false refuses SASL (Postfix asks as "smtp"), so such a mailbox cannot submit at all."""
+    out: dict[str, list[str]] = {}
+    for mb in state.mailboxes:
+        if mb.domain not in domains:
+            continue
+        eff = mb.effective
+        user = passwd_user(address(mb.address))
+        for service, key in (("imap", "enabled_imap"), ("pop3", "enabled_pop3")):
+            if eff.get(key) is False:
+                out.setdefault(service, []).append(user)
+        if eff.get("enabled_smtp") is False:
+            out.setdefault("smtp", []).append(user)
+            out.setdefault("submission", []).append(user)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _restrictions(glob: dict[str, Any], layout: Layout) -> dict[str, str]:
+    """Recipient checks (refusals, the policy service, DNSBL after the whitelist), and the
+    policy hooks for submission; every name from the fixed list."""
+    policy = ""
+    submission_policy = ""
+    if layout.policy_port:
+        base = f"inet:127.0.0.1:{port(layout.policy_port, 'policy_port')}, default_action=DUNNO"
+        policy = f"check_policy_service {{ {base}, policy_context=inbound }}"
+        submission_policy = f"check_policy_service {{ {base}, policy_context=submission }}"
+    items = list(RECIPIENT_RESTRICTIONS)
+    if policy:
+        items.append(policy)
+    zones = str(glob.get("dnsbl_zones") or "").replace(",", " ").split()
+    if glob.get("dnsbl_enabled") and zones:
+        items += [
+            "check_client_access cidr:$config_directory/whitelist_clients",
+            "check_sender_access texthash:$config_directory/whitelist_senders",
+        ]
+        items += [f"reject_rbl_client {domain_name(z.lower())}" for z in zones]
+    return {
+        "recipient": restrictions(items),
+        "policy": policy,
+        "submission_policy": submission_policy,
+    }
+
+
 def render(
     state: MailState,
     layout: Layout,
@@ -409,7 +478,7 @@ def render(
     tls_paths = _tls(tls, layout, files)
     milter = layout.dkim or bool(all_keys)
     domains = {domain_name(d.name): d for d in state.domains}
-    glob = state.global_config
+    glob = {**msgspec.to_builtins(GlobalConfig()), **state.global_config}
     ipv6_out = any(":" in ip(d.outgoing_ip) for d in domains.values() if d.outgoing_ip)
     tls_min = str(glob.get("tls_min_version", "TLSv1.2"))
     if tls_min not in ("TLSv1.2", "TLSv1.3"):
@@ -417,6 +486,7 @@ def render(
     cipher_policy = str(glob.get("cipher_policy", "high"))
     if cipher_policy not in CIPHERS:
         raise _fail("cipher_policy", cipher_policy)
+    checks = _restrictions(glob, layout)
     files[MAIN_CF] = _env.get_template("main.cf.j2").render(
         layout=layout,
         milter=milter,
@@ -427,17 +497,33 @@ def render(
         mynetworks=networks(str(glob["relay_networks"])),
         message_size_limit=number(glob["message_size_limit"], "message_size_limit"),
         relay_restrictions=restrictions(RELAY_RESTRICTIONS),
-        recipient_restrictions=restrictions(RECIPIENT_RESTRICTIONS),
+        recipient_restrictions=checks["recipient"],
+        policy=checks["policy"],
+        submission_policy=checks["submission_policy"],
+        max_connections=number(glob["max_smtpd_connections"], "max_smtpd_connections"),
+        max_rate=number(glob["max_smtpd_rate_per_min"], "max_smtpd_rate_per_min"),
     )
     files[MASTER_CF] = _env.get_template("master.cf.j2").render(
         layout=layout,
         tls=tls_paths,
+        policy=checks["policy"],
         transports=_transports(domains),
         submission_restrictions=restrictions(SUBMISSION_RELAY_RESTRICTIONS).replace(" ", ""),
     )
     map_template = _env.get_template("map.j2")
     for name, entries in _maps(state, domains).items():
         files[f"{POSTFIX_DIR}/{name}"] = map_template.render(about=MAP_ABOUT[name], entries=entries)
+    clients = sorted(
+        {_cidr(value) for entry_type, value in state.whitelist if entry_type in ("ip", "cidr")}
+    )
+    files[f"{POSTFIX_DIR}/whitelist_clients"] = map_template.render(
+        about=MAP_ABOUT["whitelist_clients"], entries=[(c, "OK") for c in clients]
+    )
+    denied = _denied(state, domains)
+    for service in DENY_SERVICES:
+        files[f"{DOVECOT_DIR}/deny-{service}"] = _env.get_template("deny.j2").render(
+            service=service, users=denied.get(service, [])
+        )
     files[DOVECOT_CONF] = _env.get_template("dovecot.conf.j2").render(
         layout=layout,
         special_use=SPECIAL_USE,

@@ -65,6 +65,7 @@ class MailState(msgspec.Struct, frozen=True, kw_only=True):
     tiers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     dkim: tuple[DkimRow, ...] = ()
     certs: tuple[CertRow, ...] = ()
+    whitelist: tuple[tuple[str, str], ...] = ()  # (entry_type, value): ip, cidr, domain, email
     seq: int = 0  # the projector checkpoint the snapshot was taken at (0: unknown)
 
     @property
@@ -87,6 +88,7 @@ DKIM = (
     "SELECT domain, selector, private_key_sealed FROM dkim_keys WHERE status = 'active' "
     "ORDER BY domain, selector"
 )
+WHITELIST = "SELECT entry_type, value FROM whitelist ORDER BY entry_type, value"
 CERTS = (
     "SELECT id, hostname, issuer, names, chain_pem, key_sealed, cert_path, key_path "
     "FROM tls_certs ORDER BY id"
@@ -143,6 +145,7 @@ def load_state(db: sqlite3.Connection) -> MailState:
             DkimRow(domain=str(r[0]), selector=str(r[1]), sealed=str(r[2]))
             for r in db.execute(DKIM).fetchall()
         )
+        whitelist = tuple((str(r[0]), str(r[1])) for r in db.execute(WHITELIST).fetchall())
         certs = tuple(
             CertRow(
                 id=int(r[0]),
@@ -171,5 +174,6 @@ def load_state(db: sqlite3.Connection) -> MailState:
         tiers=tiers,
         dkim=dkim,
         certs=certs,
+        whitelist=whitelist,
         seq=int(checkpoint[0]) if checkpoint else 0,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from workers.reconcile.layout import (
+    CIDR_MAPS,
     DOVECOT_CONF,
     KEY_TABLE,
     MAPS,
@@ -124,6 +125,12 @@ class _Validator:
             self.skip("postmap", "postmap")
         else:
             for spec in self._map_specs(postconf, conf):
+                if spec.startswith(("cidr:", "regexp:", "pcre:")):
+                    # No sequence operation: a lookup parses every line (rc 1 = not found).
+                    out = _run([postmap, "-c", str(conf), "-q", "0.0.0.0", spec])
+                    if out.returncode not in (0, 1) or out.stderr.strip():
+                        raise self.fail(f"{spec}: {_tail(out.stderr) or f'rc {out.returncode}'}")
+                    continue
                 out = _run([postmap, "-c", str(conf), "-s", spec])
                 if out.returncode != 0 or out.stderr.strip():
                     raise self.fail(f"{spec}: {_tail(out.stderr) or f'rc {out.returncode}'}")
@@ -167,6 +174,7 @@ class _Validator:
         out = _run([postconf, "-c", str(conf), "-nx"])
         specs = [f"{kind}:{where}" for kind, where in _MAP_SPEC.findall(out.stdout)]
         specs += [f"texthash:{conf / name}" for name in MAPS if (conf / name).exists()]
+        specs += [f"cidr:{conf / name}" for name in CIDR_MAPS if (conf / name).exists()]
         return list(dict.fromkeys(specs))
 
     # ---- Dovecot -----------------------------------------------------------------------
