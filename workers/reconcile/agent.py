@@ -31,7 +31,7 @@ from core.events import AgentReconciled, Envelope, Meta, TlsCertRegistered
 from core.settings import Settings
 from core.subjects import agent_subject, tls_subject
 from projections.runner import Projector
-from workers.reconcile import maildirs
+from workers.reconcile import maildirs, sieve_sync
 from workers.reconcile.apply import apply, diff, sha256
 from workers.reconcile.layout import (
     DOVECOT_DIR,
@@ -52,7 +52,10 @@ log = logging.getLogger("mailpanel.agent")
 RELEVANT = ("domain.", "mailbox.", "alias.", "config.", "whitelist.", "dkim.", "tls.")
 DEBOUNCE_S = 0.15  # quiet time that ends a burst
 MAX_DELAY_S = 1.0  # a never-ending burst still applies this often
-CONTROL_SUBJECT = "ctl.reconcile"  # core NATS (not the stream): "re-render and apply now"
+CONTROL_SUBJECT = "ctl.reconcile"
+SIEVE_PLUGIN = Path(
+    "/usr/lib/dovecot/modules/lib90_sieve_plugin.so"
+)  # core NATS (not the stream): "re-render and apply now"
 
 
 def layout_for(settings: Settings) -> Layout:
@@ -71,6 +74,8 @@ def layout_for(settings: Settings) -> Layout:
     )
     if settings.mail_hostname:
         base = replace(base, hostname=settings.mail_hostname)
+    if SIEVE_PLUGIN.exists():
+        base = replace(base, sieve=True)
     if settings.mailstack != "system":
         return base
     uid, gid = _vmail_ids()
@@ -87,6 +92,7 @@ def layout_for(settings: Settings) -> Layout:
             "dovecot_dir": Path(settings.dovecot_dir),
             "opendkim_dir": Path(settings.opendkim_dir),
             "tls_dir": Path(settings.tls_dir),
+            "sieve_dir": Path("/var/lib/mailpanel/sieve"),
             "queue_dir": Path("/var/spool/postfix"),
             "data_dir": Path("/var/lib/postfix"),
             "log_dir": Path("/var/log/mailpanel"),
@@ -312,6 +318,15 @@ class Agent:
         if report.ok:
             self._written.update({rel: sha256(text) for rel, text in files.items()})
             lines.extend(self._sync_maildirs(state))
+            if self.layout.sieve:
+                lines.extend(
+                    sieve_sync.sync(
+                        self.layout.sieve_dir,
+                        self.layout.mail_root,
+                        state.mailboxes,
+                        self.layout.vmail_gid,
+                    )
+                )
         return Outcome(
             ok=report.ok,
             step=report.step,

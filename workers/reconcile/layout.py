@@ -72,6 +72,7 @@ class Layout:
     pop3_port: int = 1110
     milter_port: int = 8891
     policy_port: int = 0  # the agent's policy service on loopback; 0 = not wired
+    sieve: bool = False  # Pigeonhole installed: run per-mailbox Sieve scripts in LMTP
     vmail_uid: int = 5000
     vmail_gid: int = 5000
     sandbox: bool = True
@@ -90,6 +91,11 @@ class Layout:
         """The data-dir instance used when no mail stack is installed on the host."""
         base = cls(root=settings.data_dir / "mailstack", mail_root_dir=settings.mail_root)
         return replace(base, **changes)
+
+    @property
+    def sieve_dir(self) -> Path:
+        """Per-mailbox Sieve scripts (<domain>/<local>.sieve), read-only to vmail."""
+        return self._path("sieve_dir", self.root / "sieve")
 
     @property
     def tls_dir(self) -> Path:

@@ -532,6 +532,12 @@ def render(
         tls_min=tls_min,
         ciphers=CIPHERS[cipher_policy],
     )
+    if layout.sieve:
+        from workers.reconcile import sieve  # it builds on this module's checks
+
+        files[DOVECOT_CONF] += "\n" + sieve.dovecot_settings(
+            str(layout.sieve_dir), "127.0.0.1", layout.smtp_port
+        )
     files[PASSWD] = _env.get_template("passwd.j2").render(lines=_passwd(state, layout, domains))
     key_table, signing_table = _dkim(all_keys)
     files[OPENDKIM_CONF] = _env.get_template("opendkim.conf.j2").render(
