@@ -8,9 +8,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.admin import SecurityController, TokenController
+from api.audit import AuditController
 from api.auth import AuthMiddleware
 from api.config import ConfigController, OverridesController, WhitelistController
 from api.errors import handle
+from api.events import EventsController
 from api.keys import DkimController, DnsController, TlsController
 from api.reconcile import QueueController, ReconcileController
 from api.resources import AliasController, DomainController, MailboxController
@@ -59,6 +61,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             AuthController,
             DomainController,
             DnsController,
+            EventsController,
+            AuditController,
             DkimController,
             TlsController,
             MailboxController,

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from core import limits
+from core.audit import resource_of
 from core.events import (
     AgentReconciled,
     AliasCreated,
@@ -58,7 +59,7 @@ SET_SUBJECT = (
 PRIOR_OUTCOME = "SELECT outcome FROM events WHERE seq = ?"
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (seq, subject, type, at, actor, actor_id, source_ip, "
-    "request_id, command_id, data, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "request_id, command_id, data, outcome, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_DOMAIN = (
     "INSERT OR REPLACE INTO domains (id, name, active, outgoing_ip, created_at, updated_at, "
@@ -211,6 +212,7 @@ def index_row(item: Item, at: str, reason: str) -> tuple[object, ...]:
         meta.command_id,
         raw.decode(),
         f"rejected: {reason}" if reason else "",
+        resource_of(env.event, seq),
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from projections.schema import DDL, PRAGMAS, READ_MODEL_TABLES
+from projections.schema import DDL, MODEL_VERSION, PRAGMAS, READ_MODEL_TABLES
 
 
 def private(path: Path) -> None:
@@ -30,6 +30,11 @@ def open_writer(path: Path) -> sqlite3.Connection:
     invalidate(db)  # a new connection may reuse an old one's id: no cached tiers
     for pragma in PRAGMAS:
         db.execute(pragma)
+    if int(db.execute("PRAGMA user_version").fetchone()[0]) < MODEL_VERSION:
+        for table in READ_MODEL_TABLES:
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+        db.executescript(DDL)
+        db.execute(f"PRAGMA user_version = {MODEL_VERSION}")
     db.executescript(DDL)
     return db
 

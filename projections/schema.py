@@ -1,6 +1,10 @@
 """Read-model schema. Every row carries `version`: the stream sequence of the last event that
 touched it, exposed as the resource's ETag."""
 
+# Bumped whenever a table changes shape: an older read model is dropped and rebuilt from the
+# log (read models are disposable; the log is the truth).
+MODEL_VERSION = 2
+
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -28,8 +32,10 @@ CREATE TABLE IF NOT EXISTS events (
     request_id TEXT NOT NULL,
     command_id TEXT NOT NULL,
     data TEXT NOT NULL,
-    outcome TEXT NOT NULL DEFAULT ''
+    outcome TEXT NOT NULL DEFAULT '',
+    resource TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS events_resource ON events(resource, seq);
 -- Only commands sent with an Idempotency-Key are ever looked up by command id.
 CREATE INDEX IF NOT EXISTS events_idempotency ON events(command_id)
     WHERE command_id GLOB 'idem-*';

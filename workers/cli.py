@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
         ("project", "run only the projector for DIR/read.db"),
         ("reconcile", "run only the reconcile agent (for a mail host; needs MAILPANEL_NATS_URL)"),
         ("rebuild", "drop the read model and replay it from the log"),
+        ("export", "write the whole event log to a file as NDJSON (a backup)"),
+        ("import", "load an export into an empty event log (disaster recovery)"),
+        ("verify", "check that the event log is contiguous, decodes and is append-only"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--data-dir", default=None, help="data directory (default ./var)")
@@ -32,6 +35,19 @@ def main(argv: list[str] | None = None) -> None:
                 help="the mail stack the agent drives (default: sandbox when "
                 "Postfix and Dovecot are installed and we are root, else none)",
             )
+        if name == "export":
+            p.add_argument("--out", required=True, metavar="FILE", help="the file ('-': stdout)")
+        if name == "import":
+            p.add_argument(
+                "--in", dest="inp", required=True, metavar="FILE", help="the file ('-': stdin)"
+            )
+            p.add_argument(
+                "--until",
+                default=None,
+                metavar="SEQ|TIME",
+                help="stop after this sequence, or before the first event stored later than "
+                "this RFC 3339 time (point-in-time recovery)",
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -42,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         env["MAILPANEL_MAILSTACK"] = args.mailstack
     settings = load_settings(args.data_dir, getattr(args, "listen", None), env=env)
 
+    from workers import export_cli
     from workers import serve as lifecycle
 
     if args.command == "serve":
@@ -52,8 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.mailstack:
             raise SystemExit("mailpanel: reconcile needs a mail stack mode (sandbox or none)")
         lifecycle.reconcile(settings)
+    elif args.command == "export":
+        export_cli.export_command(settings, args.out)
+    elif args.command == "import":
+        export_cli.import_command(settings, args.inp, args.until)
+    elif args.command == "verify":
+        if not export_cli.verify_command(settings):
+            raise SystemExit(1)
     else:
-        lifecycle.rebuild_read_model(settings)
+        export_cli.rebuild_command(settings)
 
 
 if __name__ == "__main__":
