@@ -14,6 +14,7 @@ from api.config import ConfigController, OverridesController, WhitelistControlle
 from api.errors import handle
 from api.events import EventsController
 from api.keys import DkimController, DnsController, TlsController
+from api.quarantine import QuarantineController
 from api.reconcile import QueueController, ReconcileController
 from api.resources import AliasController, DomainController, MailboxController
 from api.runtime import Runtime
@@ -63,6 +64,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             DnsController,
             EventsController,
             AuditController,
+            QuarantineController,
             DkimController,
             TlsController,
             MailboxController,

@@ -35,6 +35,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     imap_port: int = 1143
     pop3_port: int = 1110
     milter_port: int = 8891
+    # The agent's own loopback services: policy delegation, before-queue content filter and
+    # Postfix's re-injection smtpd behind it, and the spamd/clamd it runs in a sandbox.
+    policy_port: int = 10040
+    filter_port: int = 10025
+    reinject_port: int = 10026
+    spamd_port: int = 10783
+    clamd_port: int = 13310
     # System mode: where the running daemons read their configuration and keep mail.
     postfix_dir: str = "/etc/postfix"
     dovecot_dir: str = "/etc/dovecot"

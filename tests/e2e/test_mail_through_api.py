@@ -86,14 +86,11 @@ def data_root() -> Iterator[Path]:
 
 @pytest.fixture
 async def stack(procs: Procs, data_root: Path) -> AsyncIterator[Stack]:
-    ports = {name: free_port() for name in ("smtp", "submission", "imap", "pop3", "milter")}
+    names = ("smtp", "submission", "imap", "pop3", "milter", "policy", "filter", "reinject")
+    ports = {name: free_port() for name in (*names, "spamd", "clamd")}
     env = {
+        **{f"MAILPANEL_{name.upper()}_PORT": str(ports[name]) for name in ports},
         "MAILPANEL_MAILSTACK": "sandbox",
-        "MAILPANEL_SMTP_PORT": str(ports["smtp"]),
-        "MAILPANEL_SUBMISSION_PORT": str(ports["submission"]),
-        "MAILPANEL_IMAP_PORT": str(ports["imap"]),
-        "MAILPANEL_POP3_PORT": str(ports["pop3"]),
-        "MAILPANEL_MILTER_PORT": str(ports["milter"]),
     }
     data_dir = data_root / "data"
     server = procs.serve(data_dir, None, name="serve-sandbox", env=env)

@@ -45,6 +45,20 @@ def submit(stack: Stack, sender: str, to: str, subject: str) -> None:
         smtp.sendmail(sender, [to], message)
 
 
+async def listening(port: int, timeout: float = 60.0) -> None:
+    """Until something accepts connections on the port (the agent starts Postfix last)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on {port}")
+
+
 async def count(stack: Stack, local: str, text: str, timeout: float = 10.0) -> int:
     """Messages in local's INBOX containing text, once the count has been stable for 1 s."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -125,3 +139,110 @@ async def test_a_forward_is_delivered_with_or_without_a_local_copy(stack: Stack,
     # Then dora has it, and carol has it only when keeping a copy
     assert await stack.delivered("example.test", "dora", f"forward-me-{keep}")
     assert await count(stack, "carol", f"forward-me-{keep}", timeout=3.0) == (1 if keep else 0)
+
+
+# ---- the policy service ------------------------------------------------------------------
+
+
+def inbound(stack: Stack, sender: str, to: list[str], body: str, tls: bool = False) -> dict:
+    """Send over the port-25 smtpd; returns smtplib's refused-recipients dict."""
+    message = f"From: {sender}\r\nTo: {', '.join(to)}\r\nSubject: inbound\r\n\r\n{body}\r\n"
+    with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=30) as smtp:
+        if tls:
+            import ssl
+
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            smtp.starttls(context=ctx)
+        return smtp.sendmail(sender, to, message)
+
+
+async def domain_override(stack: Stack, **values: object) -> None:
+    domains = (await stack.client.get("/api/v1/domains")).json()["data"]
+    r = await stack.client.put(f"/api/v1/domains/{domains[0]['id']}/overrides", json=values)
+    assert r.status_code == 200, r.text
+    await stack.live()
+
+
+async def test_a_domain_size_override_refuses_bigger_mail_and_accepts_smaller(stack: Stack):
+    # Given a domain whose message_size_limit is 4000 bytes (the global cap is 25 MB)
+    await mailboxes(stack, "fay")
+    await domain_override(stack, message_size_limit=4000)
+    # When a 6000-byte message arrives, then it is refused with 552 (at RCPT from the SIZE=
+    # the client announces, else at the end of data)
+    with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as refused:
+        inbound(stack, "x@sender.example", ["fay@example.test"], "a" * 6000)
+    assert "552" in str(refused.value) and "4000" in str(refused.value)
+    # And a small one is delivered
+    inbound(stack, "x@sender.example", ["fay@example.test"], "small-enough")
+    assert await stack.delivered("example.test", "fay", "small-enough")
+
+
+async def test_the_recipient_after_the_cap_is_refused(stack: Stack):
+    # Given a mailbox allowed 2 recipients per message
+    ids = await mailboxes(stack, "gil", "r1", "r2", "r3")
+    await override(stack, ids["gil"], max_recipients_per_message=2)
+    # When it submits to 3
+    to = ["r1@example.test", "r2@example.test", "r3@example.test"]
+    with smtplib.SMTP("127.0.0.1", stack.ports["submission"], timeout=15) as smtp:
+        smtp.login("gil@example.test", PASSWORD)
+        refused = smtp.sendmail("gil@example.test", to, "Subject: many\r\n\r\nhi\r\n")
+    # Then the third is refused and the first two get it
+    assert list(refused) == ["r3@example.test"]
+    assert await stack.delivered("example.test", "r2", "many")
+
+
+async def test_the_daily_send_cap_holds_across_an_agent_restart(stack: Stack):
+    # Given a mailbox allowed 2 messages a day that sent 2
+    ids = await mailboxes(stack, "hal")
+    await override(stack, ids["hal"], max_send_per_day=2)
+    for n in range(2):
+        submit(stack, "hal@example.test", "hal@example.test", f"daily-{n}")
+    # When it sends a third, then it is refused
+    with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)):
+        submit(stack, "hal@example.test", "hal@example.test", "daily-2")
+    # And after a restart of the server (and its agent) it still is
+    stack.server.terminate()
+    stack.server.start()
+    await stack.server.wait_healthy(timeout=60)
+    await stack.live()
+    await listening(stack.ports["submission"])
+    with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)):
+        submit(stack, "hal@example.test", "hal@example.test", "daily-3")
+
+
+async def test_plaintext_inbound_to_a_tls_only_domain_is_refused(stack: Stack):
+    await mailboxes(stack, "ida")
+    await domain_override(stack, require_tls_inbound=True)
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        inbound(stack, "x@sender.example", ["ida@example.test"], "plain")
+    inbound(stack, "x@sender.example", ["ida@example.test"], "over-starttls", tls=True)
+    assert await stack.delivered("example.test", "ida", "over-starttls")
+
+
+async def test_greylisting_defers_the_first_attempt_and_takes_the_retry(stack: Stack):
+    # Given greylisting on for the domain with a 2 s delay
+    await mailboxes(stack, "jan")
+    r = await stack.client.put("/api/v1/config/global", json={"greylist_delay_seconds": 2})
+    assert r.status_code == 200, r.text
+    await domain_override(stack, greylisting_enabled=True)
+    # When a new sender tries, then 450; a retry after the delay is accepted
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as first:
+        inbound(stack, "new@sender.example", ["jan@example.test"], "grey")
+    assert first.value.recipients["jan@example.test"][0] == 450
+    await asyncio.sleep(2.5)
+    inbound(stack, "new@sender.example", ["jan@example.test"], "grey-retry")
+    assert await stack.delivered("example.test", "jan", "grey-retry")
+
+
+async def test_a_whitelisted_sender_is_not_greylisted(stack: Stack):
+    await mailboxes(stack, "kim")
+    await domain_override(stack, greylisting_enabled=True)
+    r = await stack.client.post(
+        "/api/v1/antispam/whitelist", json={"entry_type": "domain", "value": "friend.example"}
+    )
+    assert r.status_code == 200, r.text
+    await stack.live()
+    inbound(stack, "pal@friend.example", ["kim@example.test"], "white-listed")
+    assert await stack.delivered("example.test", "kim", "white-listed")

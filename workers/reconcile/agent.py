@@ -31,6 +31,14 @@ from core.events import AgentReconciled, Envelope, Meta, TlsCertRegistered
 from core.settings import Settings
 from core.subjects import agent_subject, tls_subject
 from projections.runner import Projector
+from workers.filter import (
+    ClamdRunner,
+    ContentFilter,
+    SpamdRunner,
+    load_filter_settings,
+    open_quarantine_db,
+)
+from workers.policy import PolicyServer, PolicyStore, load_policy
 from workers.reconcile import maildirs, sieve_sync
 from workers.reconcile.apply import apply, diff, sha256
 from workers.reconcile.layout import (
@@ -53,6 +61,7 @@ RELEVANT = ("domain.", "mailbox.", "alias.", "config.", "whitelist.", "dkim.", "
 DEBOUNCE_S = 0.15  # quiet time that ends a burst
 MAX_DELAY_S = 1.0  # a never-ending burst still applies this often
 CONTROL_SUBJECT = "ctl.reconcile"
+AGENT_SERVICES = ("sandbox", "system")  # modes where the agent runs policy and content filter
 SIEVE_PLUGIN = Path(
     "/usr/lib/dovecot/modules/lib90_sieve_plugin.so"
 )  # core NATS (not the stream): "re-render and apply now"
@@ -70,6 +79,9 @@ def layout_for(settings: Settings) -> Layout:
         imap_port=settings.imap_port,
         pop3_port=settings.pop3_port,
         milter_port=settings.milter_port,
+        policy_port=settings.policy_port if settings.mailstack in AGENT_SERVICES else 0,
+        filter_port=settings.filter_port if settings.mailstack in AGENT_SERVICES else 0,
+        reinject_port=settings.reinject_port,
         sandbox=True,
     )
     if settings.mail_hostname:
@@ -155,6 +167,11 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._control: Any = None
         self._written: dict[str, str] = {}  # rendered file -> sha256 we last wrote
+        self.policy_server: PolicyServer | None = None
+        self.content_filter: ContentFilter | None = None
+        self.quarantine_db: sqlite3.Connection | None = None
+        self._scanners: list[SpamdRunner | ClamdRunner] = []
+        self._scanner_start: asyncio.Task[None] | None = None
         self._mailboxes: set[tuple[str, str]] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -167,6 +184,7 @@ class Agent:
         if target:
             await self.projector.wait_for(target, 60)
         await self._ensure_certificate(event_log)
+        await self._start_services()
         # Listen only now: the catch-up is covered by the run below, not by a second one.
         self.projector.listeners.append(self._on_applied)
         await self.reconcile()
@@ -249,6 +267,74 @@ class Agent:
             )
         return signing, tls
 
+    @property
+    def agent_dir(self) -> Path:
+        return self.settings.data_dir / "agent"
+
+    async def _start_services(self) -> None:
+        """The loopback services Postfix calls: the policy service and the content filter
+        (with the spamd and clamd it scans with). They must answer before Postfix starts."""
+        if self.layout.policy_port:
+            store = PolicyStore(self.agent_dir / "policy.db")
+            self.policy_server = PolicyServer(
+                load_policy(self.db), store, port=self.layout.policy_port
+            )
+            await self.policy_server.start()
+        if not self.layout.filter_port:
+            return
+        s = self.settings
+        spamd = ("127.0.0.1", s.spamd_port)
+        clamd = ("127.0.0.1", s.clamd_port)
+        if self.mode == "sandbox":  # our own scanners; a system host runs its own
+            scan_dir = self.agent_dir / "scanners"
+            self._scanners = [
+                SpamdRunner(scan_dir / "spamd", s.spamd_port),
+                ClamdRunner(scan_dir / "clamd", s.clamd_port),
+            ]
+            self._scanner_start = asyncio.create_task(self._start_scanners(), name="scanners")
+        self.quarantine_db = open_quarantine_db(self.agent_dir / "quarantine.db")
+        self.content_filter = ContentFilter(
+            load_filter_settings(self.db),
+            quarantine_db=self.quarantine_db,
+            quarantine_dir=self.agent_dir / "quarantine",
+            reinject_port=self.layout.reinject_port,
+            spamd=spamd,
+            clamd=clamd,
+            port=self.layout.filter_port,
+            hostname=self.layout.hostname,
+        )
+        await self.content_filter.start()
+
+    async def _start_scanners(self) -> None:
+        """In the background: spamd needs ~2 s; mail meanwhile passes unscanned (marked)."""
+        for runner in self._scanners:
+            try:
+                started = await asyncio.to_thread(runner.start)
+                log.info("%s %s", runner.name, "started" if started else "not installed")
+            except Exception as exc:
+                log.warning("%s did not start: %s", runner.name, exc)
+
+    def _refresh_services(self) -> None:
+        """Hand the services the read model's new settings (a reference swap)."""
+        if self.policy_server is not None:
+            self.policy_server.policy = load_policy(self.db)
+        if self.content_filter is not None:
+            self.content_filter.settings = load_filter_settings(self.db)
+
+    async def _stop_services(self) -> None:
+        if self._scanner_start is not None:
+            with contextlib.suppress(Exception):
+                await self._scanner_start
+        for server in (self.content_filter, self.policy_server):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await server.close()
+        for runner in self._scanners:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(runner.stop)
+        if self.quarantine_db is not None:
+            self.quarantine_db.close()
+
     async def stop(self) -> None:
         if self._control is not None:
             with contextlib.suppress(Exception):
@@ -260,6 +346,7 @@ class Agent:
         await self.projector.stop()
         if self.stack is not None and self.mode == "sandbox":
             await asyncio.to_thread(self.stack.stop)
+        await self._stop_services()
         self.db.close()
 
     async def _on_applied(self, tags: set[str]) -> None:
@@ -315,6 +402,7 @@ class Agent:
             return self._dry_run(files, state.seq, lines, drift)
         report = apply(files, self.layout)
         lines.extend(report.log)
+        self._refresh_services()
         if report.ok:
             self._written.update({rel: sha256(text) for rel, text in files.items()})
             lines.extend(self._sync_maildirs(state))

@@ -72,6 +72,8 @@ class Layout:
     pop3_port: int = 1110
     milter_port: int = 8891
     policy_port: int = 0  # the agent's policy service on loopback; 0 = not wired
+    filter_port: int = 0  # the before-queue content filter on port 25; 0 = not wired
+    reinject_port: int = 0  # the smtpd the filter hands scanned mail back to
     sieve: bool = False  # Pigeonhole installed: run per-mailbox Sieve scripts in LMTP
     vmail_uid: int = 5000
     vmail_gid: int = 5000
