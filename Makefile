@@ -49,6 +49,8 @@ test: lint typecheck pytest
 
 bench: install-test
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.policy_bench
+	$(BIN)/python -m bench.export_bench --rounds 1
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

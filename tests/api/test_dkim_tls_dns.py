@@ -327,3 +327,67 @@ async def test_dns_verify_reports_ok_missing_and_different(client, tmp_path: Pat
     spf = next(c for c in r.json()["checks"] if c["expected"].startswith("v=spf1"))
     assert spf["status"] == "different" and spf["found"] == ["v=spf1 -all"]
     assert r.json()["ok"] is False
+
+
+def _certbot_stub(tmp_path: Path, script: str) -> str:
+    """A stand-in for the certbot CLI (no ACME server is reachable offline): the API's
+    handling of its exit status, output and files is what is under test."""
+    path = tmp_path / "certbot"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _use(client, **changes) -> None:
+    import msgspec
+
+    rt = client.app.state.runtime
+    rt.settings = msgspec.structs.replace(rt.settings, **changes)
+
+
+async def test_a_failing_certbot_gives_500_with_its_output_and_exit_status(client, tmp_path):
+    stub = _certbot_stub(
+        tmp_path, 'echo "Problem binding to port 80: Could not bind to IPv4" >&2\nexit 1\n'
+    )
+    _use(client, certbot=stub)
+    r = await client.post(
+        "/api/v1/tls/issue", json={"domain": "mail.example.com", "email": "ops@example.com"}
+    )
+    assert r.status_code == 500
+    body = r.json()
+    assert "Problem binding to port 80" in body["error"]
+    assert body["detail"] == "certbot exited with status 1" and body["code"] == "INTERNAL_ERROR"
+    assert (await client.get("/api/v1/tls/certs")).json()["meta"]["total"] == 0
+
+
+async def test_an_issued_certificate_is_registered_as_letsencrypt(client, tmp_path):
+    # Given a certbot that leaves a certificate where certbot keeps them
+    live = tmp_path / "le" / "live" / "mail.example.com"
+    live.mkdir(parents=True)
+    cert, key = self_signed("mail.example.com", NOW, days=90)
+    (tmp_path / "fullchain.pem").write_text(cert)
+    (tmp_path / "privkey.pem").write_text(key)
+    stub = _certbot_stub(
+        tmp_path, f'cp {tmp_path}/fullchain.pem {tmp_path}/privkey.pem "{live}/"\nexit 0\n'
+    )
+    _use(client, certbot=stub, letsencrypt_dir=str(tmp_path / "le"))
+    # When issued
+    r = await client.post(
+        "/api/v1/tls/issue", json={"domain": "mail.example.com", "email": "ops@example.com"}
+    )
+    # Then the record points at certbot's files, with the certificate's expiry
+    assert r.status_code == 200 and r.json() == {"message": "certificate issued"}
+    item = (await client.get("/api/v1/tls/certs")).json()["data"][0]
+    assert item["issuer"] == "letsencrypt"
+    assert item["cert_path"] == str(live / "fullchain.pem")
+    assert item["key_path"] == str(live / "privkey.pem")
+    # And renew re-registers from the same files
+    r = await client.post("/api/v1/tls/renew")
+    assert r.status_code == 200 and r.json() == {"message": "certificates renewed"}
+
+
+async def test_issue_refuses_a_bad_domain_or_email(client):
+    r = await client.post("/api/v1/tls/issue", json={"domain": "not a host", "email": "a@b.c"})
+    assert r.status_code == 400
+    r = await client.post("/api/v1/tls/issue", json={"domain": "mail.example.com", "email": "-x"})
+    assert r.status_code == 400

@@ -6,12 +6,14 @@ import asyncio
 import imaplib
 import poplib
 import smtplib
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_mail_through_api import PASSWORD, Stack, data_root, stack  # noqa: F401
 from workers.config import mailstack_available
 from workers.reconcile.agent import SIEVE_PLUGIN
+from workers.reconcile.validate import which
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,6 +59,15 @@ async def listening(port: int, timeout: float = 60.0) -> None:
         writer.close()
         return
     raise AssertionError(f"nothing listens on {port}")
+
+
+async def arrived(new: Path, text: str, timeout: float = 15.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if new.is_dir() and any(text.encode() in p.read_bytes() for p in new.iterdir()):
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 async def count(stack: Stack, local: str, text: str, timeout: float = 10.0) -> int:
@@ -246,3 +257,66 @@ async def test_a_whitelisted_sender_is_not_greylisted(stack: Stack):
     await stack.live()
     inbound(stack, "pal@friend.example", ["kim@example.test"], "white-listed")
     assert await stack.delivered("example.test", "kim", "white-listed")
+
+
+# ---- spam and virus ----------------------------------------------------------------------
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+needs_spamd = pytest.mark.skipif(
+    not (which("spamd") and which("clamd")), reason="spamd/clamd not installed"
+)
+
+
+@needs_spamd
+@pytest.mark.parametrize("action", ["tag", "quarantine", "reject"])
+async def test_gtube_is_tagged_quarantined_or_rejected_per_spam_action(stack: Stack, action: str):
+    # Given a domain whose spam_action is `action`, and the scanners up
+    await mailboxes(stack, "lea")
+    await domain_override(stack, spam_action=action)
+    await listening(stack.ports["spamd"])
+    await listening(stack.ports["filter"])
+    # When GTUBE arrives over port 25
+    if action == "reject":
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            inbound(stack, "x@sender.example", ["lea@example.test"], GTUBE)
+        # Then it is refused on the spot
+        assert refused.value.smtp_code == 550
+        return
+    inbound(stack, "x@sender.example", ["lea@example.test"], f"gtube-{action}\r\n{GTUBE}")
+    if action == "tag":
+        # Then it is delivered, flagged, and Sieve files it into Junk (auto_junk_threshold 7)
+        junk = stack.maildir("example.test", "lea") / ".Junk" / "new"
+        assert await arrived(junk, f"gtube-{action}")
+        raw = b"".join(p.read_bytes() for p in junk.iterdir())
+        assert b"X-Spam-Flag: YES" in raw
+        return
+    # Then it is held: listed in the quarantine, not delivered; release delivers it
+    held = (await stack.client.get("/api/v1/quarantine")).json()
+    assert held["meta"]["total"] == 1 and held["data"][0]["recipients"] == ["lea@example.test"]
+    assert not await stack.delivered("example.test", "lea", f"gtube-{action}", timeout=2)
+    qid = held["data"][0]["id"]
+    r = await stack.client.post(f"/api/v1/quarantine/{qid}/release")
+    assert r.status_code == 200, r.text
+    maildir = stack.maildir("example.test", "lea")
+    assert await arrived(maildir / "new", f"gtube-{action}") or await arrived(
+        maildir / ".Junk" / "new", f"gtube-{action}"
+    )
+    assert (await stack.client.get("/api/v1/quarantine")).json()["meta"]["total"] == 0
+
+
+@needs_spamd
+async def test_an_eicar_attachment_follows_clamav_action(stack: Stack):
+    # Given the default clamav_action (quarantine)
+    await mailboxes(stack, "max")
+    await stack.live()
+    await listening(stack.ports["clamd"])
+    await listening(stack.ports["filter"])
+    # When a message carrying the EICAR test signature arrives
+    inbound(stack, "x@sender.example", ["max@example.test"], f"virus-test\r\n{EICAR}")
+    # Then it is held as a virus and can be deleted
+    held = (await stack.client.get("/api/v1/quarantine")).json()["data"]
+    assert held and held[0]["reason"] == "virus" and "Eicar" in (held[0]["virus"] or "")
+    r = await stack.client.delete(f"/api/v1/quarantine/{held[0]['id']}")
+    assert r.status_code == 200
+    assert (await stack.client.get("/api/v1/quarantine")).json()["meta"]["total"] == 0

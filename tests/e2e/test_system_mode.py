@@ -93,6 +93,10 @@ async def system(nats_server: EmbeddedNats) -> AsyncIterator[System]:
         "MAILPANEL_OPENDKIM_DIR": str(root / "etc-opendkim"),
         "MAILPANEL_VMAIL_DIR": str(root / "vmail"),
         "MAILPANEL_MAIL_HOSTNAME": "mx.system.test",
+        **{
+            f"MAILPANEL_{name}_PORT": str(free_port())
+            for name in ("POLICY", "FILTER", "REINJECT", "SPAMD", "CLAMD")
+        },
     }
     settings = load_settings(str(root / "data"), "127.0.0.1:0", env=env, announce=False)
     # The daemons' own state (queue, pid files, sockets) stays in the temporary tree too, and
