@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Procs, Server, api, free_port
+from tests.e2e.conftest import Procs, Server, api
 from workers.config import mailstack_available
+from workers.nats_server import free_ports
 
 pytestmark = [
     pytest.mark.slow,
@@ -87,7 +88,8 @@ def data_root() -> Iterator[Path]:
 @pytest.fixture
 async def stack(procs: Procs, data_root: Path) -> AsyncIterator[Stack]:
     names = ("smtp", "submission", "imap", "pop3", "milter", "policy", "filter", "reinject")
-    ports = {name: free_port() for name in (*names, "spamd", "clamd")}
+    wanted = (*names, "spamd", "clamd")
+    ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
     env = {
         **{f"MAILPANEL_{name.upper()}_PORT": str(ports[name]) for name in ports},
         "MAILPANEL_MAILSTACK": "sandbox",

@@ -25,7 +25,7 @@ from commands.log import EventLog
 from core.events import DomainCreated, Envelope, MailboxCreated, Meta, encode
 from core.subjects import address_subject, domain_subject
 from workers.config import load_settings
-from workers.nats_server import EmbeddedNats
+from workers.nats_server import EmbeddedNats, free_ports
 from workers.reconcile.agent import Agent, Outcome, layout_for
 from workers.reconcile.layout import Layout
 from workers.reconcile.stack import MailStack
@@ -42,15 +42,8 @@ pytestmark = [
 
 META = Meta(actor="test", actor_id="test", at=datetime(2026, 5, 2, 3, 11, 42, tzinfo=UTC))
 WAIT_S = 30.0
+SERVICES = ("POLICY", "FILTER", "REINJECT", "SPAMD", "CLAMD")
 _hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -70,7 +63,11 @@ class System:
             await asyncio.sleep(0.05)
         pytest.fail(f"the agent did not apply up to {seq}: {self.agent.last}")
 
-    def rcpt(self, address: str) -> int:
+    async def rcpt(self, address: str) -> int:
+        """In a thread: the agent's policy service answers Postfix from this event loop."""
+        return await asyncio.to_thread(self._rcpt, address)
+
+    def _rcpt(self, address: str) -> int:
         with smtplib.SMTP("127.0.0.1", self.layout.smtp_port, timeout=10) as smtp:
             smtp.ehlo("client.test")
             smtp.mail("sender@client.test")
@@ -81,6 +78,8 @@ class System:
 @pytest.fixture
 async def system(nats_server: EmbeddedNats) -> AsyncIterator[System]:
     root = Path(tempfile.mkdtemp(prefix="mp-sys-", dir="/tmp"))
+    picked = free_ports(10)
+    service_ports, stack_ports = picked[:5], picked[5:]
     os.chmod(root, 0o755)
     env = {
         "MAILPANEL_NATS_URL": nats_server.url,
@@ -94,8 +93,8 @@ async def system(nats_server: EmbeddedNats) -> AsyncIterator[System]:
         "MAILPANEL_VMAIL_DIR": str(root / "vmail"),
         "MAILPANEL_MAIL_HOSTNAME": "mx.system.test",
         **{
-            f"MAILPANEL_{name}_PORT": str(free_port())
-            for name in ("POLICY", "FILTER", "REINJECT", "SPAMD", "CLAMD")
+            f"MAILPANEL_{name}_PORT": str(port)
+            for name, port in zip(SERVICES, service_ports, strict=True)
         },
     }
     settings = load_settings(str(root / "data"), "127.0.0.1:0", env=env, announce=False)
@@ -105,11 +104,11 @@ async def system(nats_server: EmbeddedNats) -> AsyncIterator[System]:
     layout = replace(
         base,
         listen="127.0.0.1",
-        smtp_port=free_port(),
-        submission_port=free_port(),
-        imap_port=free_port(),
-        pop3_port=free_port(),
-        milter_port=free_port(),
+        smtp_port=stack_ports[0],
+        submission_port=stack_ports[1],
+        imap_port=stack_ports[2],
+        pop3_port=stack_ports[3],
+        milter_port=stack_ports[4],
         vmail_uid=5000,
         vmail_gid=5000,
         paths={
@@ -157,7 +156,7 @@ async def test_a_new_mailbox_is_live_after_a_reload_of_the_running_daemons(syste
         system.event_log, domain_subject("system.test"), DomainCreated(name="system.test")
     )
     await system.applied(seq)
-    assert system.rcpt("alice@system.test") >= 500
+    assert await system.rcpt("alice@system.test") >= 500
     # When a mailbox is created
     seq = await publish(
         system.event_log,
@@ -172,7 +171,7 @@ async def test_a_new_mailbox_is_live_after_a_reload_of_the_running_daemons(syste
     outcome = await system.applied(seq)
     # Then the agent reloaded Postfix and Postfix accepts the address, and its maildir exists
     assert any("reloaded postfix: reloaded" in line for line in outcome.log), outcome.log
-    assert system.rcpt("alice@system.test") == 250
+    assert await system.rcpt("alice@system.test") == 250
     assert (system.root / "vmail" / "system.test" / "alice" / "Maildir" / "new").is_dir()
 
 
