@@ -36,6 +36,7 @@ from workers.reconcile.validate import which
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.05
+OPENDKIM_GRACE_S = 0.5
 DAEMONS = ("dovecot", "opendkim", "postfix")  # start order; stop is the reverse
 
 
@@ -383,14 +384,23 @@ class MailStack:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM each daemon by PID (reverse start order), wait for it and everything in its
         session to exit; SIGKILL by PID what is still there after `timeout`."""
+        targets: list[tuple[str, int, subprocess.Popen[bytes] | None]] = []
         for daemon in reversed(DAEMONS):
             proc = self.procs.pop(daemon, None)
             if proc is not None:
-                self._stop_pid(proc.pid, proc, timeout)
+                targets.append((daemon, proc.pid, proc))
             else:
                 pid = _read_pid(self.pid_file(daemon))
                 if pid is not None and alive(pid) and self._is_ours(pid, daemon):
-                    self._stop_pid(pid, None, timeout)
+                    targets.append((daemon, pid, None))
+        # All told at once (their shutdowns overlap), then each waited for. OpenDKIM holds no
+        # state but lingers ~5 s after SIGTERM: it gets SIGKILL after a short grace.
+        for _, pid, _ in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for daemon, pid, proc in targets:
+            grace = min(timeout, OPENDKIM_GRACE_S) if daemon == "opendkim" else timeout
+            self._stop_pid(pid, proc, grace)
 
     def _is_ours(self, pid: int, daemon: str) -> bool:
         """A stale pid file must not make us signal an unrelated process."""
