@@ -41,6 +41,7 @@ typecheck: install-test
 mailstack-deps:
 	@if [ "$$(id -u)" = 0 ]; then bash .ci/mailstack-deps; \
 	else echo "not root: skipping the mail-stack install (e2e mail tests will skip)"; fi
+	@if [ "$$(id -u)" = 0 ]; then bash .ci/ui-deps; else echo "not root: skipping the Chromium install (browser UI tests will skip)"; fi
 
 pytest: install-test mailstack-deps
 	$(BIN)/pytest

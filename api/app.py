@@ -10,6 +10,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from api.admin import SecurityController, TokenController
 from api.audit import AuditController
 from api.auth import AuthMiddleware
+from api.backup import BackupController, RevertController, close_time_travel
 from api.config import ConfigController, OverridesController, WhitelistController
 from api.errors import handle
 from api.events import EventsController
@@ -19,6 +20,7 @@ from api.reconcile import QueueController, ReconcileController
 from api.resources import AliasController, DomainController, MailboxController
 from api.runtime import Runtime
 from api.system import AuthController, SystemController, version
+from api.ui import ui_router
 from core.settings import Settings
 
 
@@ -76,8 +78,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             WhitelistController,
             ReconcileController,
             QueueController,
+            BackupController,
+            RevertController,
+            ui_router,
         ],
         lifespan=[lifespan],
+        on_shutdown=[close_time_travel],
         middleware=[AuthMiddleware()],
         exception_handlers={Exception: handle},
         openapi_config=_openapi(),

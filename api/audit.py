@@ -40,6 +40,7 @@ class AuditItem(msgspec.Struct, frozen=True, kw_only=True):
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     outcome: str = ""  # "rejected: <why>" when the event was left without effect
+    reverts: int = 0  # the sequence this event reverts (POST /events/:seq/revert); 0: none
 
 
 class AuditList(msgspec.Struct, frozen=True):
@@ -99,6 +100,18 @@ async def _changes(request: Req, rows: list[tuple[Any, ...]]) -> dict[int, Chang
     return out
 
 
+class _RevertsMeta(msgspec.Struct):
+    reverts: int = 0
+
+
+class _RevertsOf(msgspec.Struct):
+    meta: _RevertsMeta
+
+
+# Only meta.reverts of a stored envelope: the event itself need not be decoded again.
+_reverts = msgspec.json.Decoder(_RevertsOf)
+
+
 def _event(data: str) -> Any:
     """The event of an index row (the row holds the stored envelope)."""
     return decode(data.encode()).event
@@ -107,8 +120,9 @@ def _event(data: str) -> Any:
 async def _items(request: Req, rows: list[tuple[Any, ...]]) -> list[AuditItem]:
     changes = await _changes(request, rows)
     items = []
-    for seq, at, kind, actor, _actor_id, ip, request_id, resource, outcome, _s, _d in rows:
+    for seq, at, kind, actor, _actor_id, ip, request_id, resource, outcome, _s, data in rows:
         change = changes.get(int(seq))
+        reverts = _reverts.decode(str(data).encode()).meta.reverts
         items.append(
             AuditItem(
                 seq=int(seq),
@@ -122,6 +136,7 @@ async def _items(request: Req, rows: list[tuple[Any, ...]]) -> list[AuditItem]:
                 before=change.before if change else None,
                 after=change.after if change else None,
                 outcome=outcome,
+                reverts=reverts,
             )
         )
     return items

@@ -3,10 +3,12 @@ provenance on ?explain=true), anti-spam settings and the whitelist (seed section
 
 from typing import Annotated, Any
 
+import aiosqlite
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
 from litestar.params import JSONBody, QueryParameter
 
+from api.backup import AsOfParam, reading
 from api.common import LimitParam, PageParam, PathId, context, parse_id, principal, runtime
 from api.errors import ERROR_SPECS, ApiError
 from api.resources import _guard
@@ -70,8 +72,16 @@ def _admin_only(request: Req) -> None:
         raise ApiError(403, "FORBIDDEN", "forbidden", "a domain-scoped token cannot change this")
 
 
-async def _effective(request: Req, what: str, row_id: int, explain: bool, kind: type[Any]) -> Any:
-    db = runtime(request).reader
+async def _effective(
+    request: Req,
+    what: str,
+    row_id: int,
+    explain: bool,
+    kind: type[Any],
+    db: aiosqlite.Connection | None = None,
+) -> Any:
+    """The resolved settings, from the live read model or `db` (a time-travel replay)."""
+    db = db or runtime(request).reader
     row = await queries.first(db, queries.EFFECTIVE[what], (row_id,))
     if row is None:
         raise ApiError(404, "NOT_FOUND", f"{what} not found", f"no {what} with id {row_id}")
@@ -223,12 +233,13 @@ class OverridesController(Controller):
         responses=ERROR_SPECS,
     )
     async def get_domain_effective(
-        self, request: Req, domain_id: PathId, explain: Explain = False
+        self, request: Req, domain_id: PathId, explain: Explain = False, as_of: AsOfParam = None
     ) -> EffectiveDomain:
-        row_id = await _guard(request, "domains", domain_id, "domain")
-        result: EffectiveDomain = await _effective(
-            request, "domain", row_id, explain, EffectiveDomain
-        )
+        async with reading(request, as_of) as db:
+            row_id = await _guard(request, "domains", domain_id, "domain", db)
+            result: EffectiveDomain = await _effective(
+                request, "domain", row_id, explain, EffectiveDomain, db
+            )
         return result
 
     @get(
@@ -262,12 +273,13 @@ class OverridesController(Controller):
         responses=ERROR_SPECS,
     )
     async def get_mailbox_effective(
-        self, request: Req, mailbox_id: PathId, explain: Explain = False
+        self, request: Req, mailbox_id: PathId, explain: Explain = False, as_of: AsOfParam = None
     ) -> EffectiveMailbox:
-        row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox")
-        result: EffectiveMailbox = await _effective(
-            request, "mailbox", row_id, explain, EffectiveMailbox
-        )
+        async with reading(request, as_of) as db:
+            row_id = await _guard(request, "mailboxes", mailbox_id, "mailbox", db)
+            result: EffectiveMailbox = await _effective(
+                request, "mailbox", row_id, explain, EffectiveMailbox, db
+            )
         return result
 
 

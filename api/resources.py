@@ -2,9 +2,11 @@
 
 from typing import Any
 
+import aiosqlite
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import JSONBody
 
+from api.backup import AsOfParam, reading
 from api.common import (
     DomainFilter,
     LimitParam,
@@ -97,12 +99,18 @@ def _created(result: Result) -> Response[Any]:
     return with_etag(body, result.seq, 201)
 
 
-async def _fetch(request: Req, table: str, row_id: int, what: str) -> tuple[Any, ...]:
-    """The row, or 404; also 404 when a domain-scoped token may not see its domain."""
-    db = runtime(request).reader
+async def _fetch(
+    request: Req, table: str, row_id: int, what: str, db: aiosqlite.Connection | None = None
+) -> tuple[Any, ...]:
+    """The row, or 404; also 404 when a domain-scoped token may not see its domain. `db`: the
+    read model to answer from (a time-travel replay), the live one by default."""
+    db = db or runtime(request).reader
     row = await queries.one(db, table, row_id)
     if row is not None and not await _visible(
-        request, row[1] if table == "domains" else None, None if table == "domains" else row[1]
+        request,
+        row[1] if table == "domains" else None,
+        None if table == "domains" else row[1],
+        db,
     ):
         row = None
     if row is None:
@@ -110,20 +118,24 @@ async def _fetch(request: Req, table: str, row_id: int, what: str) -> tuple[Any,
     return row
 
 
-async def _guard(request: Req, table: str, raw_id: str, what: str) -> int:
+async def _guard(
+    request: Req, table: str, raw_id: str, what: str, db: aiosqlite.Connection | None = None
+) -> int:
     """The parsed id; for a domain-scoped token, 404 unless the row is in one of its domains."""
     row_id = parse_id(raw_id, what)
     if principal(request).domains is not None:
-        await _fetch(request, table, row_id, what)
+        await _fetch(request, table, row_id, what, db)
     return row_id
 
 
-async def _visible(request: Req, name: str | None, domain_id: int | None) -> bool:
+async def _visible(
+    request: Req, name: str | None, domain_id: int | None, db: aiosqlite.Connection | None = None
+) -> bool:
     who = principal(request)
     if who.domains is None:
         return True
     if name is None and domain_id is not None:
-        name = await queries.domain_name(runtime(request).reader, domain_id)
+        name = await queries.domain_name(db or runtime(request).reader, domain_id)
     return name is not None and who.sees(name)
 
 
@@ -137,20 +149,20 @@ class DomainController(Controller):
 
     @get("/", summary="List domains", responses=ERROR_SPECS)
     async def list_domains(
-        self, request: Req, page: PageParam = 1, limit: LimitParam = 50
+        self, request: Req, page: PageParam = 1, limit: LimitParam = 50, as_of: AsOfParam = None
     ) -> DomainList:
-        rows, total = await queries.page(
-            runtime(request).reader,
-            "domains",
-            limit,
-            (page - 1) * limit,
-            allowed=principal(request).domains,
-        )
+        async with reading(request, as_of) as db:
+            rows, total = await queries.page(
+                db, "domains", limit, (page - 1) * limit, allowed=principal(request).domains
+            )
         return DomainList(data=[_domain(r) for r in rows], meta=_page_meta(page, limit, total))
 
     @get("/{domain_id:str}", summary="Get a domain", responses=ERROR_SPECS)
-    async def get_domain(self, request: Req, domain_id: PathId) -> Response[Domain]:
-        row = await _fetch(request, "domains", parse_id(domain_id, "domain"), "domain")
+    async def get_domain(
+        self, request: Req, domain_id: PathId, as_of: AsOfParam = None
+    ) -> Response[Domain]:
+        async with reading(request, as_of) as db:
+            row = await _fetch(request, "domains", parse_id(domain_id, "domain"), "domain", db)
         return with_etag(_domain(row), row[-1])
 
     @post("/", summary="Create a domain", responses=ERROR_SPECS, status_code=201)
@@ -202,20 +214,25 @@ class MailboxController(Controller):
         page: PageParam = 1,
         limit: LimitParam = 50,
         domain_id: DomainFilter = None,
+        as_of: AsOfParam = None,
     ) -> MailboxList:
-        rows, total = await queries.page(
-            runtime(request).reader,
-            "mailboxes",
-            limit,
-            (page - 1) * limit,
-            domain_id,
-            allowed=principal(request).domains,
-        )
+        async with reading(request, as_of) as db:
+            rows, total = await queries.page(
+                db,
+                "mailboxes",
+                limit,
+                (page - 1) * limit,
+                domain_id,
+                allowed=principal(request).domains,
+            )
         return MailboxList(data=[_mailbox(r) for r in rows], meta=_page_meta(page, limit, total))
 
     @get("/{mailbox_id:str}", summary="Get a mailbox", responses=ERROR_SPECS)
-    async def get_mailbox(self, request: Req, mailbox_id: PathId) -> Response[Mailbox]:
-        row = await _fetch(request, "mailboxes", parse_id(mailbox_id, "mailbox"), "mailbox")
+    async def get_mailbox(
+        self, request: Req, mailbox_id: PathId, as_of: AsOfParam = None
+    ) -> Response[Mailbox]:
+        async with reading(request, as_of) as db:
+            row = await _fetch(request, "mailboxes", parse_id(mailbox_id, "mailbox"), "mailbox", db)
         return with_etag(_mailbox(row), row[-1])
 
     @post("/", summary="Create a mailbox", responses=ERROR_SPECS, status_code=201)
@@ -269,20 +286,25 @@ class AliasController(Controller):
         page: PageParam = 1,
         limit: LimitParam = 50,
         domain_id: DomainFilter = None,
+        as_of: AsOfParam = None,
     ) -> AliasList:
-        rows, total = await queries.page(
-            runtime(request).reader,
-            "aliases",
-            limit,
-            (page - 1) * limit,
-            domain_id,
-            allowed=principal(request).domains,
-        )
+        async with reading(request, as_of) as db:
+            rows, total = await queries.page(
+                db,
+                "aliases",
+                limit,
+                (page - 1) * limit,
+                domain_id,
+                allowed=principal(request).domains,
+            )
         return AliasList(data=[_alias(r) for r in rows], meta=_page_meta(page, limit, total))
 
     @get("/{alias_id:str}", summary="Get an alias", responses=ERROR_SPECS)
-    async def get_alias(self, request: Req, alias_id: PathId) -> Response[Alias]:
-        row = await _fetch(request, "aliases", parse_id(alias_id, "alias"), "alias")
+    async def get_alias(
+        self, request: Req, alias_id: PathId, as_of: AsOfParam = None
+    ) -> Response[Alias]:
+        async with reading(request, as_of) as db:
+            row = await _fetch(request, "aliases", parse_id(alias_id, "alias"), "alias", db)
         return with_etag(_alias(row), row[-1])
 
     @post("/", summary="Create an alias", responses=ERROR_SPECS, status_code=201)

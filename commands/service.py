@@ -10,20 +10,24 @@ import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import msgspec
+import nats.errors
+import nats.js.errors
 
 from commands import keys, normalize, state
 from commands.log import EventLog, Unavailable, WrongSequence
 from commands.passwords import hash_password
 from commands.sealing import Sealer, dkim_aad, tls_aad
 from core import alias as alias_agg
+from core import backup as backup_doc
 from core import dkim as dkim_agg
 from core import domain as domain_agg
 from core import limits
 from core import mailbox as mailbox_agg
+from core import revert as revert_agg
 from core import security as security_agg
 from core import tiers as tiers_agg
 from core import tls as tls_agg
@@ -33,13 +37,32 @@ from core.config import ANTISPAM_FIELDS, DomainOverrides, GlobalConfig, MailboxO
 from core.errors import Conflict, DomainError, LimitExceeded, NotFound, ValidationFailed
 from core.events import (
     AliasCreated,
+    AliasDeleted,
+    AliasRestored,
+    AliasUpdated,
+    DomainCreated,
+    DomainDeleted,
+    DomainOverridesSet,
+    DomainRestored,
+    DomainUpdated,
     Envelope,
     Event,
     MailboxCreated,
+    MailboxDeleted,
+    MailboxOverridesSet,
+    MailboxPasswordChanged,
+    MailboxRestored,
     MailboxUpdated,
     Meta,
+    SequenceReserved,
+    Snapshot,
+    SystemRestored,
     TlsCertRegistered,
+    WhitelistEntryAdded,
+    WhitelistEntryRemoved,
+    WhitelistEntryRestored,
     decode,
+    encode,
 )
 from core.ids import sequence
 from core.mailbox import DomainRef
@@ -53,8 +76,34 @@ EVENT_BY_COMMAND = (
     "ORDER BY seq LIMIT 1"
 )
 EVENT_AT = "SELECT seq, data, outcome FROM events WHERE seq = ?"
-# Events the projector may leave without effect (a cap reached, the domain deleted meanwhile).
-REJECTABLE = (MailboxCreated, MailboxUpdated, AliasCreated)
+# Events the projector may leave without effect (a cap reached, the domain deleted meanwhile,
+# the name or address of an undelete taken meanwhile).
+REJECTABLE = (
+    MailboxCreated,
+    MailboxUpdated,
+    AliasCreated,
+    DomainRestored,
+    MailboxRestored,
+    AliasRestored,
+    WhitelistEntryRestored,
+)
+TAKEN_MEANWHILE = ("is in use", "exists again", "is listed again")
+RESTORE_SUBJECT = "system.restore"
+RESERVE_SUBJECT = "system.reserve"
+RESERVE_WINDOW = 1000  # filler publishes in flight at once
+MAX_RESERVED = 1_000_000  # fillers one restore may append (a crafted id must not run forever)
+# The first later event (that took effect) of the same resource, or a restore since.
+LATER_CHANGE = (
+    "SELECT seq, type FROM events WHERE seq > ?1 AND outcome = '' "
+    "AND (resource = ?2 OR type = 'system.restored') ORDER BY seq LIMIT 1"
+)
+# After a restore, any later change of the data plane it restored.
+LATER_DATA_CHANGE = (
+    "SELECT seq, type FROM events WHERE seq > ? AND outcome = '' AND (type = 'system.restored' "
+    "OR resource GLOB 'domain:*' OR resource GLOB 'mailbox:*' OR resource GLOB 'alias:*' "
+    "OR resource GLOB 'config:*' OR resource GLOB 'whitelist:*' OR resource GLOB 'dkim:*' "
+    "OR resource GLOB 'tls:*') ORDER BY seq LIMIT 1"
+)
 
 S = TypeVar("S")
 _next_command_id = sequence(secrets.token_hex(8) + "-")
@@ -76,6 +125,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str = ""
     fingerprint: str = ""
     if_match: int | None = None
+    reverts: int = 0  # the sequence a revert reverts (recorded in Meta.reverts)
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,6 +226,8 @@ class Commands:
     def _refuse(reason: str) -> None:
         if reason == "the domain no longer exists":
             raise NotFound("domain not found", "the domain was deleted meanwhile")
+        if reason.endswith(TAKEN_MEANWHILE):  # an undelete whose name or address was taken
+            raise Conflict("cannot revert", reason)
         if reason:
             raise LimitExceeded("domain limit exceeded", reason)
 
@@ -206,6 +258,7 @@ class Commands:
             command_id=command_id,
             at=now,
             fingerprint=ctx.fingerprint if ctx.idempotency_key else "",
+            reverts=ctx.reverts,
         )
 
     async def _earlier(self, command_id: str, fingerprint: str) -> Result | None:
@@ -640,3 +693,272 @@ class Commands:
             lambda: state.tls_cert_by_id(self.db, cert_id, self.prefix),
             lambda s: tls_agg.decide(cmd, s),
         )
+
+    # ---- backup restore ----------------------------------------------------------------
+
+    async def restore(self, ctx: Context, backup: backup_doc.Backup) -> Result:
+        """Make every resource table the backup's, ids included, with ONE event.
+
+        Ids are stream sequences: an id issued after the restore is above the restore's own
+        sequence. A backup from another install may hold ids above this stream's last
+        sequence, so the stream is first padded with `system.sequence_reserved` fillers
+        until its last sequence reaches the backup's largest id; then no later id can be
+        one of the restored ones."""
+        snapshot = backup_doc.snapshot_of(backup)
+        event_counts = backup_doc.counts(snapshot)
+        self._fits(snapshot)
+        await self._reserve(ctx, backup_doc.max_id(snapshot))
+        subject = f"{self.prefix}.{RESTORE_SUBJECT}"
+
+        def decide(previous: int) -> list[Event]:
+            return [
+                SystemRestored(
+                    snapshot=snapshot,
+                    previous_seq=previous,
+                    counts=event_counts,
+                    backup_created_at=backup.created_at,
+                    backup_log_sequence=backup.log_sequence,
+                )
+            ]
+
+        return await self._run(ctx, lambda: state.restore_at(self.db, subject), decide)
+
+    def _fits(self, snapshot: Snapshot) -> None:
+        """One event carries the whole snapshot: it must fit the server's max_payload."""
+        limit = int(getattr(self._log().nc, "max_payload", 0) or 0)
+        size = len(msgspec.json.encode(snapshot)) + 2048  # the envelope around it
+        if limit and size > limit:
+            raise DomainError(
+                "backup too large to restore",
+                f"the snapshot takes about {size} bytes in one event; the NATS server accepts "
+                f"at most {limit} (raise max_payload of nats-server)",
+            )
+
+    async def _reserve(self, ctx: Context, upto: int) -> None:
+        """Append fillers until the stream's last sequence is at least `upto`."""
+        log = self._log()
+        try:
+            last = await log.last_seq()
+            if last >= upto:
+                return
+            if upto - last > MAX_RESERVED:
+                raise ValidationFailed(
+                    "body",
+                    "not a valid backup: its ids are too far ahead of this log",
+                    f"the largest id, {upto}, would need {upto - last} filler events "
+                    f"(at most {MAX_RESERVED}); ids are stream sequences of the log that made "
+                    "the backup",
+                )
+            meta = self._meta(ctx, self._command_id(Context(actor=ctx.actor)), datetime.now(UTC))
+            data = encode(Envelope(meta=meta, event=SequenceReserved(upto=upto)))
+            subject = f"{self.prefix}.{RESERVE_SUBJECT}"
+            while last < upto:
+                n = min(upto - last, RESERVE_WINDOW)
+                acks = await asyncio.gather(*(log.js.publish(subject, data) for _ in range(n)))
+                last = max(last, *(int(a.seq) for a in acks))
+        except (
+            nats.errors.Error,
+            nats.js.errors.Error,
+            TimeoutError,
+        ) as exc:
+            raise Unavailable(f"event log unavailable: {type(exc).__name__}") from exc
+        await self.wait(last)
+
+    # ---- revert ------------------------------------------------------------------------
+
+    async def revert(
+        self, ctx: Context, seq: int, before_db: aiosqlite.Connection, scoped: bool = False
+    ) -> Result:
+        """Append the compensating event of event `seq`, when it is still possible: nothing
+        later changed the same resource, and its name or address is still free (undeletes).
+        `before_db` is the read model just before `seq` (a time-travel replay)."""
+        found = await state.event_row(self.db, seq)
+        if found is None:
+            raise NotFound("event not found", f"no event at sequence {seq}")
+        data, outcome, resource = found
+        event = decode(data.encode()).event
+        if not isinstance(event, revert_agg.REVERTIBLE):
+            raise revert_agg.cannot(event)
+        if outcome:
+            raise Conflict("cannot revert", f"event {seq} had no effect ({outcome})")
+        await self._no_later_change(seq, event, resource)
+        cmd = revert_agg.Revert(
+            seq=seq, event=event, before=await state.before(before_db, seq, event), scoped=scoped
+        )
+        if cmd.before.snapshot is not None:
+            self._fits(cmd.before.snapshot)
+        try:
+            return await self._run(
+                msgspec.structs.replace(ctx, reverts=seq),
+                lambda: self._now(cmd),
+                lambda now: revert_agg.decide(cmd, now),
+            )
+        except NotFound as exc:  # the domain of an undeleted mailbox went meanwhile
+            raise Conflict("cannot revert", exc.detail or exc.error) from None
+
+    async def _no_later_change(self, seq: int, event: Event, resource: str) -> None:
+        if isinstance(event, SystemRestored):
+            rows = await self.db.execute_fetchall(LATER_DATA_CHANGE, (seq,))
+        else:
+            rows = await self.db.execute_fetchall(LATER_CHANGE, (seq, resource))
+        for later, kind in rows:
+            if kind == "system.restored":
+                raise Conflict(
+                    "cannot revert",
+                    f"the state was restored at sequence {later}, after event {seq}; "
+                    "revert that restore first",
+                )
+            raise Conflict(
+                "cannot revert",
+                f"{resource} changed later, at sequence {later} ({kind}); revert that first",
+            )
+
+    async def _now(self, cmd: revert_agg.Revert) -> state.Loaded[revert_agg.Now]:
+        """What is there now, with the subject the compensating event goes to and its
+        sequence, read in one statement (see commands/state.py)."""
+        e, seq, before = cmd.event, cmd.seq, cmd.before
+        Now = revert_agg.Now
+        match e:
+            case DomainCreated() | DomainRestored() | DomainUpdated() | DomainOverridesSet():
+                name, row_id = _domain_key(e, seq)
+                loaded = await state.domain_by_name(self.db, name, self.prefix)
+                exists = loaded.state.id == row_id
+                blockers = ""
+                if exists and isinstance(e, DomainCreated | DomainRestored):
+                    blockers = await self._blockers(row_id, e)
+                return state.Loaded(
+                    Now(exists=exists, blockers=blockers), loaded.subject, loaded.version
+                )
+            case DomainDeleted(name=name):
+                loaded = await state.domain_by_name(self.db, name, self.prefix)
+                taken = f"domain {name} exists again (id {loaded.state.id})"
+                return state.Loaded(
+                    Now(taken=taken if loaded.state.id is not None else ""),
+                    loaded.subject,
+                    loaded.version,
+                )
+            case (
+                MailboxCreated()
+                | MailboxRestored()
+                | MailboxUpdated()
+                | MailboxPasswordChanged()
+                | MailboxOverridesSet()
+                | MailboxDeleted()
+                | AliasCreated()
+                | AliasRestored()
+                | AliasUpdated()
+                | AliasDeleted()
+            ):
+                return await self._address_now(e, seq, before)
+            case WhitelistEntryAdded() | WhitelistEntryRestored() | WhitelistEntryRemoved():
+                kind, value, row_id = _entry_key(e, seq)
+                entry = await state.whitelist_at(self.db, kind, value, self.prefix)
+                taken = f"{kind} {value} is listed again (id {entry.state.id})"
+                now = Now(
+                    exists=entry.state.id == row_id,
+                    taken=taken if entry.state.id is not None else "",
+                )
+                return state.Loaded(now, entry.subject, entry.version)
+            case SystemRestored():
+                restored = await state.restore_at(self.db, f"{self.prefix}.{RESTORE_SUBJECT}")
+                return state.Loaded(
+                    Now(exists=True, checkpoint=restored.state),
+                    restored.subject,
+                    restored.version,
+                )
+        tier_name = revert_agg.TIER_OF.get(type(e))
+        if tier_name is None:
+            raise revert_agg.cannot(e)
+        tier = await state.tier(self.db, tier_name, self.prefix)
+        return state.Loaded(Now(exists=True), tier.subject, tier.version)
+
+    async def _blockers(self, domain_id: int, e: Event) -> str:
+        """Why deleting the domain again would lose more than the reverted event made."""
+        boxes, aliases = await state.dependants(self.db, domain_id)
+        if isinstance(e, DomainRestored):  # what the undelete brought back may go with it
+            boxes = [i for i in boxes if i not in {m.id for m in e.mailboxes}]
+            aliases = [i for i in aliases if i not in {a.id for a in e.aliases}]
+        if not boxes and not aliases:
+            return ""
+        return (
+            f"the domain has {len(boxes)} mailbox(es) and {len(aliases)} alias(es) made since "
+            f"(first id {min(boxes + aliases)}); delete them first"
+        )
+
+    async def _address_now(
+        self, e: Event, seq: int, before: revert_agg.Before
+    ) -> state.Loaded[revert_agg.Now]:
+        address, kind, row_id = _address_key(e, seq)
+        loaded = await state.address(self.db, address, self.prefix)
+        at = loaded.state.at
+        exists = at.kind == kind and at.id == row_id
+        now = revert_agg.Now(exists=exists)
+        if isinstance(e, MailboxDeleted | AliasDeleted):
+            taken = f"{address} is a {at.kind} again (id {at.id})" if at.kind else ""
+            rows: list[Any] = before.mailboxes if isinstance(e, MailboxDeleted) else before.aliases
+            parent = True
+            if rows and not taken:
+                domain_id = int(rows[0].domain_id)
+                ref = await state.domain_ref(self.db, domain_id)
+                parent = ref.id is not None and ref.name == address.rpartition("@")[2]
+                if parent:
+                    await self._check_undelete_caps(domain_id, e, before)
+            now = revert_agg.Now(taken=taken, parent=parent)
+        return state.Loaded(now, loaded.subject, loaded.version)
+
+    async def _check_undelete_caps(
+        self, domain_id: int, e: Event, before: revert_agg.Before
+    ) -> None:
+        usage = await state.domain_usage(self.db, domain_id)
+        if usage is None:
+            return
+        if isinstance(e, MailboxDeleted) and before.mailboxes:
+            quota = await self._effective_quota(before.mailboxes[0].quota)
+            limits.check(limits.mailbox_refusal(usage, quota))
+        else:
+            limits.check(limits.alias_refusal(usage))
+
+
+def _domain_key(e: Event, seq: int) -> tuple[str, int]:
+    match e:
+        case DomainCreated(name=name):
+            return name, seq
+        case DomainRestored(domain=d):
+            return d.name, d.id
+        case DomainUpdated(name=name, id=i) | DomainOverridesSet(name=name, id=i):
+            return name, i
+    raise AssertionError(e)
+
+
+def _address_key(e: Event, seq: int) -> tuple[str, str, int]:
+    """(address, "mailbox" | "alias", id) of a mailbox or alias event."""
+    match e:
+        case MailboxCreated(address=a):
+            return a, "mailbox", seq
+        case MailboxRestored(mailbox=m):
+            return m.address, "mailbox", m.id
+        case (
+            MailboxUpdated(address=a, id=i)
+            | MailboxPasswordChanged(address=a, id=i)
+            | MailboxOverridesSet(address=a, id=i)
+            | MailboxDeleted(address=a, id=i)
+        ):
+            return a, "mailbox", i
+        case AliasCreated(source=s):
+            return s, "alias", seq
+        case AliasRestored(alias=a):
+            return a.source, "alias", a.id
+        case AliasUpdated(source=s, id=i) | AliasDeleted(source=s, id=i):
+            return s, "alias", i
+    raise AssertionError(e)
+
+
+def _entry_key(e: Event, seq: int) -> tuple[str, str, int]:
+    match e:
+        case WhitelistEntryAdded(entry_type=k, value=v):
+            return k, v, seq
+        case WhitelistEntryRestored(entry=w):
+            return w.entry_type, w.value, w.id
+        case WhitelistEntryRemoved(entry_type=k, value=v, id=i):
+            return k, v, i
+    raise AssertionError(e)

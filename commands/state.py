@@ -13,13 +13,32 @@ import aiosqlite
 import msgspec
 
 from core.alias import AliasState
-from core.config import TIER_TYPES, DomainOverrides, MailboxOverrides
+from core.config import TIER_TYPES, DomainOverrides, MailboxOverrides, Tier
 from core.dkim import DkimState
 from core.domain import DomainState
 from core.errors import NotFound
-from core.events import SecuritySettingsChanged
+from core.events import (
+    AliasDeleted,
+    AliasUpdated,
+    DomainDefaultsSet,
+    DomainDeleted,
+    DomainOverridesSet,
+    DomainUpdated,
+    Event,
+    GlobalConfigSet,
+    MailboxDefaultsSet,
+    MailboxDeleted,
+    MailboxOverridesSet,
+    MailboxPasswordChanged,
+    MailboxUpdated,
+    SecuritySettingsChanged,
+    Snapshot,
+    SystemRestored,
+    WhitelistEntryRemoved,
+)
 from core.limits import DomainUsage
 from core.mailbox import AddressState, DomainRef
+from core.revert import TIER_OF, Before
 from core.security import SecuritySettings, from_event
 from core.subjects import (
     address_subject,
@@ -35,6 +54,7 @@ from core.tiers import OverridesState, TierState
 from core.tls import CertState
 from core.token import TokenState
 from core.whitelist import EntryState
+from projections import queries as q
 from projections.effective import USAGE, usage_from
 from projections.queries import OVERRIDES
 
@@ -350,3 +370,115 @@ async def tls_cert_by_id(db: aiosqlite.Connection, cert_id: int, prefix: str) ->
         raise NotFound("certificate not found", f"no certificate record {cert_id}")
     state = CertState(hostname=row[1], id=int(row[0]), issuer=row[2], fingerprint=row[3])
     return Loaded(state, tls_subject(row[1], prefix), int(row[4]))
+
+
+# ---- restores and reverts -----------------------------------------------------------------
+
+RESTORE_AT = (
+    "SELECT (SELECT last_seq FROM subjects WHERE subject = ?), "
+    "(SELECT seq FROM checkpoint WHERE name = 'projector')"
+)
+EVENT_ROW = "SELECT data, outcome, resource FROM events WHERE seq = ?"
+DEPENDANTS = (
+    "SELECT (SELECT json_group_array(id) FROM mailboxes WHERE domain_id = ?1), "
+    "(SELECT json_group_array(id) FROM aliases WHERE domain_id = ?1)"
+)
+
+
+async def restore_at(db: aiosqlite.Connection, subject: str) -> Loaded[int]:
+    """The restore subject's sequence and the checkpoint (a restore's previous_seq), in one
+    statement."""
+    row = await _one(db, RESTORE_AT, (subject,))
+    assert row is not None
+    return Loaded(int(row[1] or 0), subject, int(row[0] or 0))
+
+
+async def event_row(db: aiosqlite.Connection, seq: int) -> tuple[str, str, str] | None:
+    """(stored envelope, outcome, resource) of one indexed event."""
+    row = await _one(db, EVENT_ROW, (seq,))
+    return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+
+async def dependants(db: aiosqlite.Connection, domain_id: int) -> tuple[list[int], list[int]]:
+    """The ids of a domain's mailboxes and aliases."""
+    row = await _one(db, DEPENDANTS, (domain_id,))
+    assert row is not None
+    ids = msgspec.json.Decoder(list[int])
+    return ids.decode(str(row[0]).encode()), ids.decode(str(row[1]).encode())
+
+
+async def _rows(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await db.execute_fetchall(sql, args)]
+
+
+async def before(db: aiosqlite.Connection, seq: int, event: Event) -> Before:
+    """What the resource of `event` looked like in `db`, the read model just before `seq`."""
+    match event:
+        case DomainUpdated(id=i) | DomainOverridesSet(id=i):
+            return await _domain_before(db, i, with_contents=False)
+        case DomainDeleted(id=i):
+            return await _domain_before(db, i, with_contents=True)
+        case (
+            MailboxUpdated(id=i)
+            | MailboxPasswordChanged(id=i)
+            | MailboxDeleted(id=i)
+            | MailboxOverridesSet(id=i)
+        ):
+            boxes = await _rows(db, f"{q.MAILBOX_ROWS} WHERE id = ?", (i,))
+            overrides = await _rows(db, f"{q.MAILBOX_OVERRIDE_ROWS} WHERE mailbox_id = ?", (i,))
+            return Before(
+                mailboxes=[q.mailbox_row(r) for r in boxes],
+                mailbox_overrides=[q.mailbox_overrides_row(r) for r in overrides],
+            )
+        case AliasUpdated(id=i) | AliasDeleted(id=i):
+            aliases = await _rows(db, f"{q.ALIAS_ROWS} WHERE id = ?", (i,))
+            return Before(aliases=[q.alias_row(r) for r in aliases])
+        case GlobalConfigSet() | DomainDefaultsSet() | MailboxDefaultsSet():
+            tiers = q.tiers(await _rows(db, q.TIER_ROWS, ()))
+            name = TIER_OF[type(event)]
+            current: Tier = tiers.global_
+            if name == "domain_defaults":
+                current = tiers.domain_defaults
+            elif name == "mailbox_defaults":
+                current = tiers.mailbox_defaults
+            return Before(tier=current if name in tiers.updated_at else None)
+        case WhitelistEntryRemoved(id=i):
+            entries = await _rows(db, f"{q.WHITELIST_ROWS} WHERE id = ?", (i,))
+            return Before(entry=q.whitelist_row(entries[0]) if entries else None)
+        case SystemRestored():
+            return Before(snapshot=await snapshot(db))
+    return Before()
+
+
+async def _domain_before(db: aiosqlite.Connection, domain_id: int, with_contents: bool) -> Before:
+    domains = await _rows(db, f"{q.DOMAIN_ROWS} WHERE id = ?", (domain_id,))
+    overrides = await _rows(db, f"{q.DOMAIN_OVERRIDE_ROWS} WHERE domain_id = ?", (domain_id,))
+    found = Before(
+        domain=q.domain_row(domains[0]) if domains else None,
+        domain_overrides=q.domain_overrides_row(overrides[0]).overrides if overrides else None,
+    )
+    if not with_contents:
+        return found
+    boxes = await _rows(db, f"{q.MAILBOX_ROWS} WHERE domain_id = ? ORDER BY id", (domain_id,))
+    box_overrides = await _rows(
+        db,
+        f"{q.MAILBOX_OVERRIDE_ROWS} WHERE mailbox_id IN "
+        "(SELECT id FROM mailboxes WHERE domain_id = ?) ORDER BY mailbox_id",
+        (domain_id,),
+    )
+    aliases = await _rows(db, f"{q.ALIAS_ROWS} WHERE domain_id = ? ORDER BY id", (domain_id,))
+    return msgspec.structs.replace(
+        found,
+        mailboxes=[q.mailbox_row(r) for r in boxes],
+        mailbox_overrides=[q.mailbox_overrides_row(r) for r in box_overrides],
+        aliases=[q.alias_row(r) for r in aliases],
+    )
+
+
+async def snapshot(db: aiosqlite.Connection) -> Snapshot:
+    """The whole data plane of `db` (a replay nobody writes: no transaction needed)."""
+    rows = {
+        name: await _rows(db, f"{sql} ORDER BY {order}", ())
+        for name, (sql, order) in q.SNAPSHOT_SQL.items()
+    }
+    return q.snapshot_from(rows)

@@ -14,6 +14,7 @@ from core.events import (
     AgentReconciled,
     AliasCreated,
     AliasDeleted,
+    AliasRestored,
     AliasUpdated,
     DkimKeyActivated,
     DkimKeyDeleted,
@@ -23,6 +24,7 @@ from core.events import (
     DomainDefaultsSet,
     DomainDeleted,
     DomainOverridesSet,
+    DomainRestored,
     DomainUpdated,
     Event,
     GlobalConfigSet,
@@ -31,8 +33,11 @@ from core.events import (
     MailboxDeleted,
     MailboxOverridesSet,
     MailboxPasswordChanged,
+    MailboxRestored,
     MailboxUpdated,
     SecuritySettingsChanged,
+    SequenceReserved,
+    SystemRestored,
     TlsCertRegistered,
     TlsCertRemoved,
     TokenCreated,
@@ -40,12 +45,15 @@ from core.events import (
     TokenRotated,
     WhitelistEntryAdded,
     WhitelistEntryRemoved,
+    WhitelistEntryRestored,
 )
 
 REDACTED = "[redacted]"
 SECRET_FIELDS = frozenset(
     {"password_hash", "secret_sha256", "private_key_sealed", "key_sealed", "hint"}
 )
+# The fields a mailbox.created shows, which a mailbox.restored shows likewise.
+_MAILBOX_CREATED = ("domain_id", "username", "address", "password_hash", "quota", "active")
 # Bulky public fields left out of the change view (the event itself still has them).
 BULKY_FIELDS = frozenset({"chain_pem", "log", "changed"})
 
@@ -107,6 +115,18 @@ def resource_of(event: Event, seq: int) -> str:
             return f"tls:{h}"
         case AgentReconciled(host=h):
             return f"agent:{h}"
+        case DomainRestored(domain=d):
+            return f"domain:{d.id}"
+        case MailboxRestored(mailbox=m):
+            return f"mailbox:{m.id}"
+        case AliasRestored(alias=a):
+            return f"alias:{a.id}"
+        case WhitelistEntryRestored(entry=w):
+            return f"whitelist:{w.id}"
+        case SystemRestored():
+            return "system:restore"
+        case SequenceReserved():  # each filler its own: a history of one, never folded in bulk
+            return f"system:reserved:{seq}"
     return "other"
 
 
@@ -116,6 +136,8 @@ def _plain(value: Any) -> Any:
 
 def _fields(event: Event) -> tuple[str, dict[str, Any]]:
     """(action, the resource fields this event sets)."""
+    if isinstance(event, AgentReconciled | SystemRestored | SequenceReserved):
+        return "event", {}  # a report, a whole snapshot or a filler: no field view
     data = {
         k: v
         for k, v in _plain(event).items()
@@ -149,8 +171,19 @@ def _fields(event: Event) -> tuple[str, dict[str, Any]]:
             return "updated", {f"{s}.status": "retired"}
         case DkimKeyDeleted(selector=s):
             return "updated", {f"{s}.status": None}
-        case AgentReconciled():
-            return "event", data
+        case DomainRestored(domain=d):  # back as it was: the row's own fields
+            return "created", {"name": d.name, "active": d.active, "outgoing_ip": d.outgoing_ip}
+        case MailboxRestored(mailbox=m):
+            row = _plain(m)
+            return "created", {k: row[k] for k in _MAILBOX_CREATED if k in row}
+        case AliasRestored(alias=a):
+            return "created", {
+                "domain_id": a.domain_id,
+                "source": a.source,
+                "destination": a.destination,
+            }
+        case WhitelistEntryRestored(entry=w):
+            return "created", {"entry_type": w.entry_type, "value": w.value, "note": w.note}
     return "updated", data
 
 

@@ -7,6 +7,7 @@ across API processes, never reused, and identical after a rebuild.
 """
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -33,6 +34,8 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # HMAC of the request (method, path, body) that made an Idempotency-Key command, so a
     # key reused for a different request is refused instead of answered with the first one.
     fingerprint: str = ""
+    # The sequence of the event this one reverts (POST /events/:seq/revert); 0: not a revert.
+    reverts: int = 0
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -249,6 +252,170 @@ class TlsCertRemoved(_Event, tag="tls.cert_removed", frozen=True):
     hostname: str
 
 
+# ---- rows carried by restores -------------------------------------------------------------
+# A backup (core/backup.py), a full restore and the undelete of a domain, mailbox, alias or
+# whitelist entry carry read-model rows with their ids. Timestamps are the read model's
+# RFC 3339 strings (UTC, seconds, Z), so a restored row shows the times it had.
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Time = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
+]
+
+
+class DomainRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: Id
+    name: str
+    active: bool
+    outgoing_ip: str
+    created_at: Time
+    updated_at: Time
+
+
+class MailboxRow(msgspec.Struct, frozen=True, kw_only=True):
+    """`quota` is the mailbox's own quota (null: it inherits the mailbox default)."""
+
+    id: Id
+    domain_id: Id
+    username: str
+    address: str
+    password_hash: str
+    quota: NonNegative | None
+    active: bool
+    created_at: Time
+    updated_at: Time
+
+
+class AliasRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: Id
+    domain_id: Id
+    source: str
+    destination: str
+    created_at: Time
+    updated_at: Time
+
+
+class DomainOverridesRow(msgspec.Struct, frozen=True, kw_only=True):
+    domain_id: Id
+    overrides: DomainOverrides
+
+
+class MailboxOverridesRow(msgspec.Struct, frozen=True, kw_only=True):
+    mailbox_id: Id
+    overrides: MailboxOverrides
+
+
+class Tiers(msgspec.Struct, frozen=True, kw_only=True):
+    """The three tiers; `updated_at` names the tiers ever set (with when): a tier missing
+    there is still at its built-in defaults."""
+
+    global_: GlobalConfig = msgspec.field(name="global")
+    domain_defaults: DomainDefaults
+    mailbox_defaults: MailboxDefaults
+    updated_at: dict[str, Time] = {}
+
+
+class WhitelistRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: Id
+    entry_type: str
+    value: str
+    note: str
+    created_at: Time
+
+
+class DkimRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A DKIM key reference: the private half stays the sealed token it is in the log."""
+
+    domain: str
+    selector: str
+    algorithm: str
+    public_key: str
+    status: str
+    private_key_sealed: str
+    created_at: Time
+    updated_at: Time
+
+
+class TlsRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A certificate registration; the key stays sealed."""
+
+    id: Id
+    hostname: str
+    issuer: str
+    chain_pem: str
+    key_sealed: str
+    cert_path: str
+    key_path: str
+    names: list[str]
+    fingerprint: str
+    not_before: Time | None
+    expires_at: Time | None
+    created_at: Time
+    updated_at: Time
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Every resource table of the data plane (tokens and security settings excluded)."""
+
+    domains: list[DomainRow]
+    mailboxes: list[MailboxRow]
+    aliases: list[AliasRow]
+    config: Tiers
+    domain_overrides: list[DomainOverridesRow]
+    mailbox_overrides: list[MailboxOverridesRow]
+    tls_certs: list[TlsRow]
+    dkim_keys: list[DkimRow]
+    whitelist: list[WhitelistRow]
+
+
+# ---- restores, reverts ---------------------------------------------------------------------
+
+
+class SystemRestored(_Event, tag="system.restored", frozen=True):
+    """Every resource table becomes the snapshot, with the snapshot's ids (a backup restore,
+    or the revert of one). Appended on <prefix>.system.restore."""
+
+    snapshot: Snapshot
+    previous_seq: int  # the read model's checkpoint when the restore was decided
+    counts: dict[str, int] = {}
+    backup_created_at: str = ""  # the backup's own created_at and log_sequence, if from one
+    backup_log_sequence: int = 0
+
+
+class SequenceReserved(_Event, tag="system.sequence_reserved", frozen=True):
+    """A filler: moves the stream sequence past the ids of a backup about to be restored, so
+    ids issued later (stream sequences) never collide with restored ones. No effect."""
+
+    upto: int
+
+
+class DomainRestored(_Event, tag="domain.restored", frozen=True):
+    """A deleted domain back with its id, overrides, mailboxes (ids, password hashes,
+    overrides) and aliases as they were (the revert of domain.deleted)."""
+
+    domain: DomainRow
+    overrides: DomainOverrides | None = None
+    mailboxes: list[MailboxRow] = []
+    mailbox_overrides: list[MailboxOverridesRow] = []
+    aliases: list[AliasRow] = []
+
+
+class MailboxRestored(_Event, tag="mailbox.restored", frozen=True):
+    """A deleted mailbox back with its id, password hash and overrides."""
+
+    mailbox: MailboxRow
+    overrides: MailboxOverrides | None = None
+
+
+class AliasRestored(_Event, tag="alias.restored", frozen=True):
+    alias: AliasRow
+
+
+class WhitelistEntryRestored(_Event, tag="whitelist.entry_restored", frozen=True):
+    entry: WhitelistRow
+
+
 # ---- reconcile agents ----------------------------------------------------------------------
 
 
@@ -296,6 +463,12 @@ Event = (
     | TlsCertRegistered
     | TlsCertRemoved
     | AgentReconciled
+    | SystemRestored
+    | SequenceReserved
+    | DomainRestored
+    | MailboxRestored
+    | AliasRestored
+    | WhitelistEntryRestored
 )
 
 

@@ -5,17 +5,21 @@ the checkpoint, so a crash never applies an event twice or skips one.
 """
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 
 from core import limits
 from core.audit import resource_of
+from core.config import TIER_TYPES
 from core.events import (
     AgentReconciled,
     AliasCreated,
     AliasDeleted,
+    AliasRestored,
+    AliasRow,
     AliasUpdated,
     DkimKeyActivated,
     DkimKeyDeleted,
@@ -25,6 +29,8 @@ from core.events import (
     DomainDefaultsSet,
     DomainDeleted,
     DomainOverridesSet,
+    DomainRestored,
+    DomainRow,
     DomainUpdated,
     Envelope,
     GlobalConfigSet,
@@ -33,8 +39,11 @@ from core.events import (
     MailboxDeleted,
     MailboxOverridesSet,
     MailboxPasswordChanged,
+    MailboxRestored,
+    MailboxRow,
     MailboxUpdated,
     SecuritySettingsChanged,
+    SystemRestored,
     TlsCertRegistered,
     TlsCertRemoved,
     TokenCreated,
@@ -42,8 +51,11 @@ from core.events import (
     TokenRotated,
     WhitelistEntryAdded,
     WhitelistEntryRemoved,
+    WhitelistEntryRestored,
+    WhitelistRow,
     event_tag,
 )
+from core.subjects import address_subject, domain_subject, tls_subject, whitelist_subject
 from projections import effective
 
 CHECKPOINT = "projector"
@@ -170,17 +182,22 @@ SET_SECURITY = (
 _json = msgspec.json.Encoder()
 
 
-_last_second: list[Any] = [None, ""]
+# (second, its text): one tuple swapped whole, so appliers running in two threads at once (the
+# projector and a time-travel replay) never read one second's text for another.
+_last_second: list[tuple[int, str]] = [(-(2**62), "")]
 
 
 def rfc3339(at: datetime) -> str:
     """RFC 3339, UTC, second precision, ending in Z: the API's one timestamp format.
     It runs once per applied event, and consecutive events mostly share their second."""
     second = int(at.timestamp())
-    if second != _last_second[0]:
-        utc = at.astimezone(UTC) if at.utcoffset() else at
-        _last_second[:] = [second, utc.isoformat(timespec="seconds")[:19] + "Z"]
-    return str(_last_second[1])
+    cached = _last_second[0]
+    if cached[0] == second:
+        return cached[1]
+    utc = at.astimezone(UTC) if at.utcoffset() else at
+    text = utc.isoformat(timespec="seconds")[:19] + "Z"
+    _last_second[0] = (second, text)
+    return text
 
 
 class Item(NamedTuple):
@@ -387,6 +404,29 @@ def apply_effect(
             db.execute(REVOKE_TOKEN, (at, seq, e.id, seq))
         case SecuritySettingsChanged() as e:
             db.execute(SET_SECURITY, (_json.encode(e).decode(), at, seq))
+        case SystemRestored() as e:
+            restore(db, item, e)
+        case DomainRestored() as e:
+            reason = _decided(prior) if prior is not None else _domain_taken(db, e.domain)
+            if not reason:
+                _undelete_domain(db, item, e)
+        case MailboxRestored() as e:
+            reason = _decided(prior) if prior is not None else _address_refusal(db, e.mailbox)
+            if not reason:
+                _insert_mailboxes(db, seq, [e.mailbox], lambda _: seq)
+                if e.overrides is not None:
+                    db.execute(
+                        PUT_MAILBOX_OVERRIDES, (e.mailbox.id, _enc(e.overrides), seq, e.mailbox.id)
+                    )
+                effective.recompute_mailbox(db, e.mailbox.id)
+        case AliasRestored() as e:
+            reason = _decided(prior) if prior is not None else _address_refusal(db, e.alias)
+            if not reason:
+                db.execute(UPSERT_ALIAS, _alias_row(e.alias, seq))
+        case WhitelistEntryRestored() as e:
+            reason = _decided(prior) if prior is not None else _entry_taken(db, e.entry)
+            if not reason:
+                db.execute(UPSERT_WHITELIST, _whitelist_row(e.entry, seq))
     return reason
 
 
@@ -409,6 +449,9 @@ def apply_batch(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, dict[in
         for item in batch:
             if item.seq <= done:
                 continue
+            if subjects and isinstance(item.env.event, READS_SUBJECTS):
+                db.executemany(SET_SUBJECT, subjects)  # this applier reads them
+                subjects.clear()
             at = rfc3339(item.env.meta.at)
             reason = apply_effect(db, item, at, None, usage)
             if reason:
@@ -481,3 +524,232 @@ def _alias_refusal(db: sqlite3.Connection, e: AliasCreated, cache: Usage | None)
             msgspec.structs.replace(found[1], aliases=found[1].aliases + 1),
         )
     return reason
+
+
+# ---- restores ----------------------------------------------------------------------------
+
+# Appliers that read the subjects table: the batch writes the pending subject versions first.
+READS_SUBJECTS = (SystemRestored, DomainRestored)
+# Every table a restore makes equal to its snapshot (tokens, security settings, agents and the
+# log's own bookkeeping stay).
+RESTORED_TABLES = (
+    "domains",
+    "mailboxes",
+    "aliases",
+    "config_tiers",
+    "domain_overrides",
+    "mailbox_overrides",
+    "effective_domains",
+    "effective_mailboxes",
+    "whitelist",
+    "dkim_keys",
+    "tls_certs",
+)
+SUBJECT_SEQ = "SELECT last_seq FROM subjects WHERE subject = ?"
+ROW_TAKEN = (
+    "SELECT (SELECT 1 FROM domains WHERE id = ?1) OR (SELECT 1 FROM mailboxes WHERE id = ?1) "
+    "OR (SELECT 1 FROM aliases WHERE id = ?1)"
+)
+DOMAIN_TAKEN = "SELECT 1 FROM domains WHERE id = ? OR name = ?"
+DOMAIN_NAMED = "SELECT 1 FROM domains WHERE id = ? AND name = ?"
+ADDRESS_TAKEN = (
+    "SELECT (SELECT 1 FROM mailboxes WHERE address = ?1) OR (SELECT 1 FROM aliases WHERE "
+    "source = ?1)"
+)
+ENTRY_TAKEN = "SELECT 1 FROM whitelist WHERE id = ? OR (entry_type = ? AND value = ?)"
+PUT_OVERRIDES_ROW = {
+    "domain": "INSERT OR REPLACE INTO domain_overrides (domain_id, data, seq) VALUES (?, ?, ?)",
+    "mailbox": "INSERT OR REPLACE INTO mailbox_overrides (mailbox_id, data, seq) VALUES (?, ?, ?)",
+}
+
+
+def _enc(value: object) -> str:
+    return _json.encode(value).decode()
+
+
+def _subject_seq(db: sqlite3.Connection, subject: str) -> int:
+    """The real last sequence of a subject in THIS log (0: never written here)."""
+    row = db.execute(SUBJECT_SEQ, (subject,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _domain_row(d: DomainRow, version: int) -> tuple[object, ...]:
+    return (d.id, d.name, d.active, d.outgoing_ip, d.created_at, d.updated_at, version)
+
+
+def _alias_row(a: AliasRow, version: int) -> tuple[object, ...]:
+    return (a.id, a.domain_id, a.source, a.destination, a.created_at, a.updated_at, version)
+
+
+def _whitelist_row(w: WhitelistRow, version: int) -> tuple[object, ...]:
+    return (w.id, w.entry_type, w.value, w.note, w.created_at, version)
+
+
+def _insert_mailboxes(
+    db: sqlite3.Connection, seq: int, rows: list[MailboxRow], version: Callable[[str], int]
+) -> None:
+    """Mailbox rows as they were; their own quota now counts as set by event `seq`."""
+    db.executemany(
+        UPSERT_MAILBOX,
+        [
+            (
+                m.id,
+                m.domain_id,
+                m.username,
+                m.address,
+                m.password_hash,
+                m.quota,
+                seq if m.quota is not None else 0,
+                m.active,
+                m.created_at,
+                m.updated_at,
+                version(m.address),
+            )
+            for m in rows
+        ],
+    )
+
+
+def restore(db: sqlite3.Connection, item: Item, e: SystemRestored) -> None:
+    """Every resource table becomes the snapshot, ids included.
+
+    A row's `version` is what the next append on its subject must expect: the REAL last
+    sequence of that subject in this log (the subjects table; 0 when this log never wrote it,
+    as after a restore into a fresh install), never the version the row had where the backup
+    was made. Tiers, overrides and DKIM keys count as set by the restore event (`explain`)."""
+    seq, s = item.seq, e.snapshot
+    prefix = item.subject.split(".", 1)[0]
+    for table in RESTORED_TABLES:
+        db.execute(f"DELETE FROM {table}")
+    db.executemany(
+        UPSERT_DOMAIN,
+        [_domain_row(d, _subject_seq(db, domain_subject(d.name, prefix))) for d in s.domains],
+    )
+    _insert_mailboxes(
+        db, seq, s.mailboxes, lambda address: _subject_seq(db, address_subject(address, prefix))
+    )
+    db.executemany(
+        UPSERT_ALIAS,
+        [_alias_row(a, _subject_seq(db, address_subject(a.source, prefix))) for a in s.aliases],
+    )
+    tiers = {
+        "global": s.config.global_,
+        "domain_defaults": s.config.domain_defaults,
+        "mailbox_defaults": s.config.mailbox_defaults,
+    }
+    for name in TIER_TYPES:
+        if name in s.config.updated_at:
+            db.execute(PUT_TIER, (name, _enc(tiers[name]), seq, s.config.updated_at[name]))
+    db.executemany(
+        PUT_OVERRIDES_ROW["domain"],
+        [(o.domain_id, _enc(o.overrides), seq) for o in s.domain_overrides],
+    )
+    db.executemany(
+        PUT_OVERRIDES_ROW["mailbox"],
+        [(o.mailbox_id, _enc(o.overrides), seq) for o in s.mailbox_overrides],
+    )
+    db.executemany(
+        UPSERT_WHITELIST,
+        [
+            _whitelist_row(w, _subject_seq(db, whitelist_subject(w.entry_type, w.value, prefix)))
+            for w in s.whitelist
+        ],
+    )
+    db.executemany(
+        UPSERT_DKIM,
+        [
+            (
+                k.domain,
+                k.selector,
+                k.algorithm,
+                k.public_key,
+                k.private_key_sealed,
+                k.status,
+                k.created_at,
+                k.updated_at,
+                seq,
+            )
+            for k in s.dkim_keys
+        ],
+    )
+    db.executemany(
+        UPSERT_TLS,
+        [
+            (
+                t.id,
+                t.hostname,
+                t.issuer,
+                t.chain_pem,
+                t.key_sealed,
+                t.cert_path,
+                t.key_path,
+                _enc(t.names),
+                t.fingerprint,
+                t.not_before,
+                t.expires_at,
+                t.created_at,
+                t.updated_at,
+                _subject_seq(db, tls_subject(t.hostname, prefix)),
+            )
+            for t in s.tls_certs
+        ],
+    )
+    effective.invalidate(db)
+    effective.recompute_all(db)
+
+
+def _domain_taken(db: sqlite3.Connection, d: DomainRow) -> str:
+    if db.execute(DOMAIN_TAKEN, (d.id, d.name)).fetchone() is not None:
+        return f"domain {d.name} (id {d.id}) exists again"
+    return ""
+
+
+def _address_refusal(db: sqlite3.Connection, row: MailboxRow | AliasRow) -> str:
+    """Why a mailbox or alias cannot come back: its domain is gone, or its address or id is
+    taken meanwhile."""
+    address = row.address if isinstance(row, MailboxRow) else row.source
+    domain = address.rpartition("@")[2]
+    if db.execute(DOMAIN_NAMED, (row.domain_id, domain)).fetchone() is None:
+        return "the domain no longer exists"
+    if db.execute(ADDRESS_TAKEN, (address,)).fetchone()[0]:
+        return f"{address} is in use"
+    if db.execute(ROW_TAKEN, (row.id,)).fetchone()[0]:
+        return f"id {row.id} is in use"
+    return ""
+
+
+def _entry_taken(db: sqlite3.Connection, w: WhitelistRow) -> str:
+    if db.execute(ENTRY_TAKEN, (w.id, w.entry_type, w.value)).fetchone() is not None:
+        return f"{w.entry_type} {w.value} is listed again"
+    return ""
+
+
+def _undelete_domain(db: sqlite3.Connection, item: Item, e: DomainRestored) -> None:
+    """The domain (its version: this event, on its subject) with everything it had. Its
+    mailboxes and aliases live on their address subjects, whose real last sequences their
+    versions take; an address taken meanwhile keeps its holder and the old row stays out."""
+    seq = item.seq
+    prefix = item.subject.split(".", 1)[0]
+    d = e.domain
+    db.execute(UPSERT_DOMAIN, _domain_row(d, seq))
+    if e.overrides is not None:
+        db.execute(PUT_OVERRIDES_ROW["domain"], (d.id, _enc(e.overrides), seq))
+    boxes = [m for m in e.mailboxes if not _address_refusal(db, m)]
+    _insert_mailboxes(
+        db, seq, boxes, lambda address: _subject_seq(db, address_subject(address, prefix))
+    )
+    kept = {m.id for m in boxes}
+    db.executemany(
+        PUT_OVERRIDES_ROW["mailbox"],
+        [
+            (o.mailbox_id, _enc(o.overrides), seq)
+            for o in e.mailbox_overrides
+            if o.mailbox_id in kept
+        ],
+    )
+    for a in e.aliases:
+        if not _address_refusal(db, a):
+            db.execute(
+                UPSERT_ALIAS, _alias_row(a, _subject_seq(db, address_subject(a.source, prefix)))
+            )
+    effective.recompute_domain_and_mailboxes(db, d.id)

@@ -4,10 +4,26 @@ Statements are built once, at import, for each table and filter combination: all
 domain's rows, and either of those restricted to a domain-scoped token's domain names.
 """
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import msgspec
+
+from core.config import TIER_TYPES, DomainOverrides, MailboxOverrides
+from core.events import (
+    AliasRow,
+    DkimRow,
+    DomainOverridesRow,
+    DomainRow,
+    MailboxOverridesRow,
+    MailboxRow,
+    Snapshot,
+    Tiers,
+    TlsRow,
+    WhitelistRow,
+)
 
 Row = tuple[Any, ...]
 
@@ -170,3 +186,165 @@ async def tls_page(db: aiosqlite.Connection, limit: int, offset: int) -> tuple[l
 
 async def rows(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> list[Row]:
     return [tuple(r) for r in await db.execute_fetchall(sql, args)]
+
+
+# ---- snapshots: backups, restores, reverts ------------------------------------------------
+
+DOMAIN_ROWS = "SELECT id, name, active, outgoing_ip, created_at, updated_at FROM domains"
+MAILBOX_ROWS = (
+    "SELECT id, domain_id, username, address, password_hash, quota, active, created_at, "
+    "updated_at FROM mailboxes"
+)
+ALIAS_ROWS = "SELECT id, domain_id, source, destination, created_at, updated_at FROM aliases"
+TIER_ROWS = "SELECT name, data, updated_at FROM config_tiers"
+DOMAIN_OVERRIDE_ROWS = "SELECT domain_id, data FROM domain_overrides"
+MAILBOX_OVERRIDE_ROWS = "SELECT mailbox_id, data FROM mailbox_overrides"
+WHITELIST_ROWS = "SELECT id, entry_type, value, note, created_at FROM whitelist"
+DKIM_ROWS = (
+    "SELECT domain, selector, algorithm, public_key, status, private_key_sealed, created_at, "
+    "updated_at FROM dkim_keys"
+)
+TLS_ROWS = (
+    "SELECT id, hostname, issuer, chain_pem, key_sealed, cert_path, key_path, names, "
+    "fingerprint, not_before, expires_at, created_at, updated_at FROM tls_certs"
+)
+CHECKPOINT_SEQ = "SELECT coalesce((SELECT seq FROM checkpoint WHERE name = 'projector'), 0)"
+
+
+def domain_row(r: Row) -> DomainRow:
+    return DomainRow(
+        id=r[0], name=r[1], active=bool(r[2]), outgoing_ip=r[3], created_at=r[4], updated_at=r[5]
+    )
+
+
+def mailbox_row(r: Row) -> MailboxRow:
+    return MailboxRow(
+        id=r[0],
+        domain_id=r[1],
+        username=r[2],
+        address=r[3],
+        password_hash=r[4],
+        quota=r[5],
+        active=bool(r[6]),
+        created_at=r[7],
+        updated_at=r[8],
+    )
+
+
+def alias_row(r: Row) -> AliasRow:
+    return AliasRow(
+        id=r[0], domain_id=r[1], source=r[2], destination=r[3], created_at=r[4], updated_at=r[5]
+    )
+
+
+def whitelist_row(r: Row) -> WhitelistRow:
+    return WhitelistRow(id=r[0], entry_type=r[1], value=r[2], note=r[3], created_at=r[4])
+
+
+def domain_overrides_row(r: Row) -> DomainOverridesRow:
+    overrides = msgspec.json.decode(str(r[1]).encode(), type=DomainOverrides)
+    return DomainOverridesRow(domain_id=r[0], overrides=overrides)
+
+
+def mailbox_overrides_row(r: Row) -> MailboxOverridesRow:
+    overrides = msgspec.json.decode(str(r[1]).encode(), type=MailboxOverrides)
+    return MailboxOverridesRow(mailbox_id=r[0], overrides=overrides)
+
+
+def tiers(rows: list[Row]) -> Tiers:
+    """The three tiers from their rows (a tier without a row is at its defaults)."""
+    found = {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
+    values: dict[str, Any] = {}
+    for name, kind in TIER_TYPES.items():
+        data = found.get(name)
+        values[name] = kind() if data is None else msgspec.json.decode(data[0].encode(), type=kind)
+    return Tiers(
+        global_=values["global"],
+        domain_defaults=values["domain_defaults"],
+        mailbox_defaults=values["mailbox_defaults"],
+        updated_at={name: at for name, (_, at) in found.items() if name in TIER_TYPES},
+    )
+
+
+def _dkim_row(r: Row) -> DkimRow:
+    return DkimRow(
+        domain=r[0],
+        selector=r[1],
+        algorithm=r[2],
+        public_key=r[3],
+        status=r[4],
+        private_key_sealed=r[5],
+        created_at=r[6],
+        updated_at=r[7],
+    )
+
+
+def _tls_row(r: Row) -> TlsRow:
+    return TlsRow(
+        id=r[0],
+        hostname=r[1],
+        issuer=r[2],
+        chain_pem=r[3],
+        key_sealed=r[4],
+        cert_path=r[5],
+        key_path=r[6],
+        names=list(msgspec.json.decode(str(r[7]).encode(), type=list[str])),
+        fingerprint=r[8],
+        not_before=r[9],
+        expires_at=r[10],
+        created_at=r[11],
+        updated_at=r[12],
+    )
+
+
+SNAPSHOT_SQL = {
+    "domains": (DOMAIN_ROWS, "id"),
+    "mailboxes": (MAILBOX_ROWS, "id"),
+    "aliases": (ALIAS_ROWS, "id"),
+    "config": (TIER_ROWS, "name"),
+    "domain_overrides": (DOMAIN_OVERRIDE_ROWS, "1"),
+    "mailbox_overrides": (MAILBOX_OVERRIDE_ROWS, "1"),
+    "tls_certs": (TLS_ROWS, "id"),
+    "dkim_keys": (DKIM_ROWS, "domain, selector"),
+    "whitelist": (WHITELIST_ROWS, "id"),
+}
+
+
+def snapshot_from(rows: dict[str, list[Row]]) -> Snapshot:
+    """A snapshot from the rows of each table (SNAPSHOT_SQL's statements, in their order)."""
+    return Snapshot(
+        domains=[domain_row(r) for r in rows["domains"]],
+        mailboxes=[mailbox_row(r) for r in rows["mailboxes"]],
+        aliases=[alias_row(r) for r in rows["aliases"]],
+        config=tiers(rows["config"]),
+        domain_overrides=[domain_overrides_row(r) for r in rows["domain_overrides"]],
+        mailbox_overrides=[mailbox_overrides_row(r) for r in rows["mailbox_overrides"]],
+        tls_certs=[_tls_row(r) for r in rows["tls_certs"]],
+        dkim_keys=[_dkim_row(r) for r in rows["dkim_keys"]],
+        whitelist=[whitelist_row(r) for r in rows["whitelist"]],
+    )
+
+
+def read_snapshot(db: sqlite3.Connection) -> tuple[Snapshot, int]:
+    """Every resource table and the checkpoint they reflect, read in ONE transaction (a
+    consistent snapshot even while the projector writes). Keys stay sealed tokens."""
+    db.execute("BEGIN")
+    try:
+        checkpoint = int(db.execute(CHECKPOINT_SEQ).fetchone()[0])
+        rows = {
+            name: [tuple(r) for r in db.execute(f"{sql} ORDER BY {order}")]
+            for name, (sql, order) in SNAPSHOT_SQL.items()
+        }
+    finally:
+        db.execute("COMMIT")
+    return snapshot_from(rows), checkpoint
+
+
+def read_snapshot_at(path: Path) -> tuple[Snapshot, int]:
+    """read_snapshot on its own read-only connection to the database file at `path`."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        return read_snapshot(db)
+    finally:
+        db.close()

@@ -57,7 +57,7 @@ from workers.reconcile.validate import Report, validate_candidate
 log = logging.getLogger("mailpanel.agent")
 
 # Event kinds that change what the mail stack should look like.
-RELEVANT = ("domain.", "mailbox.", "alias.", "config.", "whitelist.", "dkim.", "tls.")
+RELEVANT = ("domain.", "mailbox.", "alias.", "config.", "whitelist.", "dkim.", "tls.", "system.")
 DEBOUNCE_S = 0.15  # quiet time that ends a burst
 MAX_DELAY_S = 1.0  # a never-ending burst still applies this often
 CONTROL_SUBJECT = "ctl.reconcile"
