@@ -40,7 +40,6 @@ import logging
 import os
 import pwd
 import re
-import signal
 import socket
 import sqlite3
 import stat
@@ -60,7 +59,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from core.spam import OWN_HEADERS, MessageDecision, RecipientPolicy, decide_message
 from core.spam import recipient_policy as build_policy
-from workers.reconcile.stack import proc_state, session_members, wait_until
+from workers.reconcile.stack import stop_process, wait_until
 from workers.reconcile.state import MailState, load_state
 from workers.reconcile.validate import which
 
@@ -1140,23 +1139,8 @@ class _Daemon:
     def stop(self, timeout: float = DAEMON_STOP_TIMEOUT_S) -> None:
         """SIGTERM by PID, wait, then SIGKILL what is left of its session."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        state = proc_state(proc.pid)
-        sid = state[1] if state is not None else proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-        if sid != proc.pid:
-            return
-        if not wait_until(lambda: not session_members(sid), timeout):
-            for member in session_members(sid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(member, signal.SIGKILL)
+        if proc is not None:
+            stop_process(proc.pid, proc, timeout)
 
     def __enter__(self) -> "_Daemon":
         self.start()

@@ -219,6 +219,25 @@ async def domain_page(
     )
 
 
+async def save_overrides(request: Req, kind: str, row_id: int) -> Response[Any]:
+    """The overrides form of a domain or a mailbox, through the API's own PUT handler."""
+    handler = f"put_{kind}_overrides"
+    fields = DOMAIN_OVERRIDE_FIELDS if kind == "domain" else MAILBOX_OVERRIDE_FIELDS
+    body = DomainOverridesIn if kind == "domain" else MailboxOverridesIn
+    form = await posted(request, OverridesController, handler)
+    try:
+        data = forms.build(body, form, fields)
+        await call(OverridesController, handler, request, **{f"{kind}_id": str(row_id)}, data=data)
+    except _errors() as exc:
+        err = form_error(exc, tuple(f.name for f in fields))
+        state = form_state(forms.raw_values(form, fields), err)
+        return await overrides_page(request, kind, row_id, {"overrides": state}, status=err.status)
+    plural = "domains" if kind == "domain" else "mailboxes"
+    return done(
+        request, f"/ui/{plural}/{row_id}/effective", "Overrides saved; the mail hosts apply them."
+    )
+
+
 async def overrides_page(
     request: Req,
     kind: str,
@@ -524,29 +543,7 @@ class ResourcePages(Controller):
 
     @post("/domains/{domain_id:str}/overrides")
     async def save_domain_overrides(self, request: Req, domain_id: PathStr) -> Response[Any]:
-        row_id = _id(domain_id)
-        form = await posted(request, OverridesController, "put_domain_overrides")
-        fields = DOMAIN_OVERRIDE_FIELDS
-        try:
-            data = forms.build(DomainOverridesIn, form, fields)
-            await call(
-                OverridesController,
-                "put_domain_overrides",
-                request,
-                domain_id=str(row_id),
-                data=data,
-            )
-        except _errors() as exc:
-            err = form_error(exc, tuple(f.name for f in fields))
-            state = form_state(forms.raw_values(form, fields), err)
-            return await overrides_page(
-                request, "domain", row_id, {"overrides": state}, status=err.status
-            )
-        return done(
-            request,
-            f"/ui/domains/{row_id}/effective",
-            "Overrides saved; the mail hosts apply them.",
-        )
+        return await save_overrides(request, "domain", _id(domain_id))
 
     @get("/domains/{domain_id:str}/effective")
     async def domain_effective(self, request: Req, domain_id: PathStr) -> Response[str]:
@@ -721,29 +718,7 @@ class ResourcePages(Controller):
 
     @post("/mailboxes/{mailbox_id:str}/overrides")
     async def save_mailbox_overrides(self, request: Req, mailbox_id: PathStr) -> Response[Any]:
-        row_id = _id(mailbox_id)
-        form = await posted(request, OverridesController, "put_mailbox_overrides")
-        fields = MAILBOX_OVERRIDE_FIELDS
-        try:
-            data = forms.build(MailboxOverridesIn, form, fields)
-            await call(
-                OverridesController,
-                "put_mailbox_overrides",
-                request,
-                mailbox_id=str(row_id),
-                data=data,
-            )
-        except _errors() as exc:
-            err = form_error(exc, tuple(f.name for f in fields))
-            state = form_state(forms.raw_values(form, fields), err)
-            return await overrides_page(
-                request, "mailbox", row_id, {"overrides": state}, status=err.status
-            )
-        return done(
-            request,
-            f"/ui/mailboxes/{row_id}/effective",
-            "Overrides saved; the mail hosts apply them.",
-        )
+        return await save_overrides(request, "mailbox", _id(mailbox_id))
 
     @get("/mailboxes/{mailbox_id:str}/effective")
     async def mailbox_effective(self, request: Req, mailbox_id: PathStr) -> Response[str]:

@@ -413,28 +413,7 @@ class MailStack:
 
     @staticmethod
     def _stop_pid(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-        state = proc_state(pid)
-        sid = state[1] if state is not None else pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if proc is not None:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                proc.wait(timeout=timeout)
-        else:
-            if not wait_until(lambda: not alive(pid), timeout):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if sid != pid:
-            return  # not a session we created: do not sweep it
-        if not wait_until(lambda: not session_members(sid), timeout):
-            for member in session_members(sid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(member, signal.SIGKILL)
-            wait_until(lambda: not session_members(sid), timeout)
+        stop_process(pid, proc, timeout)
 
     def __enter__(self) -> "MailStack":
         self.start()
@@ -447,3 +426,30 @@ class MailStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM by PID, wait, SIGKILL after `timeout`; then sweep the session it led (one we
+    created with start_new_session) so no child outlives it."""
+    state = proc_state(pid)
+    sid = state[1] if state is not None else pid
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    else:
+        if not wait_until(lambda: not alive(pid), timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if sid != pid:
+        return  # not a session we created: do not sweep it
+    if not wait_until(lambda: not session_members(sid), timeout):
+        for member in session_members(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        wait_until(lambda: not session_members(sid), timeout)
