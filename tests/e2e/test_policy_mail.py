@@ -3,9 +3,11 @@
 API changes what Postfix and Dovecot do (login services, Sieve vacation and forwarding)."""
 
 import asyncio
+import contextlib
 import imaplib
 import poplib
 import smtplib
+import ssl
 from pathlib import Path
 
 import pytest
@@ -320,3 +322,101 @@ async def test_an_eicar_attachment_follows_clamav_action(stack: Stack):
     r = await stack.client.delete(f"/api/v1/quarantine/{held[0]['id']}")
     assert r.status_code == 200
     assert (await stack.client.get("/api/v1/quarantine")).json()["meta"]["total"] == 0
+
+
+# ---- global transport settings ---------------------------------------------------------
+
+
+def _tls_client(maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+async def set_global(stack: Stack, **values: object) -> None:
+    current = (await stack.client.get("/api/v1/config/global")).json()
+    current.pop("updated_at", None)
+    r = await stack.client.put("/api/v1/config/global", json={**current, **values})
+    assert r.status_code == 200, r.text
+    await stack.live()
+
+
+async def test_submission_without_starttls_is_refused_when_require_tls_client(stack: Stack):
+    # Given a mailbox that must use TLS to submit
+    ids = await mailboxes(stack, "nia")
+    await override(stack, ids["nia"], require_tls_client=True)
+    message = "Subject: tls-only\r\n\r\nhi\r\n"
+    # When it submits in plaintext, then it is refused
+    with smtplib.SMTP("127.0.0.1", stack.ports["submission"], timeout=15) as smtp:
+        smtp.login("nia@example.test", PASSWORD)
+        with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)):
+            smtp.sendmail("nia@example.test", ["nia@example.test"], message)
+    # And after STARTTLS the same message goes through
+    with smtplib.SMTP("127.0.0.1", stack.ports["submission"], timeout=15) as smtp:
+        smtp.starttls(context=_tls_client())
+        smtp.login("nia@example.test", PASSWORD)
+        smtp.sendmail("nia@example.test", ["nia@example.test"], message)
+    assert await stack.delivered("example.test", "nia", "tls-only")
+
+
+async def test_tls_min_version_refuses_an_older_protocol(stack: Stack):
+    await mailboxes(stack, "oli")
+    await stack.live()
+    # Given TLS 1.2 allowed, a TLS 1.2-only client negotiates
+    with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=15) as smtp:
+        smtp.starttls(context=_tls_client(ssl.TLSVersion.TLSv1_2))
+    # When the floor is raised to TLS 1.3, then the same client fails the handshake
+    await set_global(stack, tls_min_version="TLSv1.3")
+    with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=15) as smtp:
+        with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
+            smtp.starttls(context=_tls_client(ssl.TLSVersion.TLSv1_2))
+    imap = imaplib.IMAP4("127.0.0.1", stack.ports["imap"], timeout=15)
+    try:
+        with pytest.raises((ssl.SSLError, imaplib.IMAP4.abort, ConnectionError, OSError)):
+            imap.starttls(ssl_context=_tls_client(ssl.TLSVersion.TLSv1_2))
+    finally:
+        with contextlib.suppress(Exception):
+            imap.shutdown()
+
+
+async def test_relay_networks_decide_who_may_relay(stack: Stack):
+    def relay_reply() -> str:
+        with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=15) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("a@client.test")
+            code, text = smtp.rcpt("someone@elsewhere.example")
+            return f"{code} {text.decode()}"
+
+    # Given loopback among the relay networks (the default), relaying passes the relay check
+    # (the sandbox then refuses outbound delivery itself; a production host would send it)
+    await mailboxes(stack, "pia")
+    await stack.live()
+    assert "outbound delivery is disabled in the sandbox" in relay_reply()
+    # When loopback is taken out, then the relay check refuses it
+    await set_global(stack, relay_networks="192.0.2.0/24")
+    assert "Relay access denied" in relay_reply()
+
+
+async def test_the_connection_count_limit_turns_away_an_extra_client(stack: Stack):
+    # Given at most 2 connections per client (and loopback not exempt as a relay network)
+    await mailboxes(stack, "quin")
+    await set_global(stack, max_smtpd_connections=2, relay_networks="192.0.2.0/24")
+    # When a third connection arrives while two are open
+    held = [smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=15) for _ in range(2)]
+    try:
+        with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=15) as third:
+            code, _ = third.ehlo("client.test")
+        refused = code == 421
+    except smtplib.SMTPServerDisconnected:
+        refused = True
+    except smtplib.SMTPConnectError as exc:
+        refused = exc.smtp_code == 421
+    finally:
+        for smtp in held:
+            with contextlib.suppress(Exception):
+                smtp.close()
+    # Then it is turned away
+    assert refused
