@@ -239,3 +239,28 @@ async def test_submission_refuses_a_wrong_password(stack: Stack):
     with smtplib.SMTP("127.0.0.1", stack.ports["submission"], timeout=15) as smtp:
         with pytest.raises(smtplib.SMTPAuthenticationError):
             smtp.login("hal@example.test", "not-the-password")
+
+
+async def test_after_a_sigkill_a_restart_takes_over_the_left_daemons_and_mail_flows(stack: Stack):
+    # Given a running sandbox, killed outright (its Postfix and Dovecot keep running)
+    domain = await stack.post("/api/v1/domains", {"name": "example.test"})
+    await stack.live()
+    stack.server.kill()
+    # When it is started again on the same data dir
+    stack.server.start()
+    await stack.server.wait_healthy(timeout=60)
+    await stack.post(
+        "/api/v1/mailboxes", {"domain_id": domain["id"], "username": "kai", "password": PASSWORD}
+    )
+    await stack.live()
+    # Then the new agent runs the stack and a change made now is live
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            stack.send("kai@example.test", "after-sigkill")
+            break
+        except (OSError, smtplib.SMTPException):
+            await asyncio.sleep(0.3)
+    assert await stack.delivered("example.test", "kai", "after-sigkill")
+    status = (await stack.client.get("/api/v1/postfix/status")).json()
+    assert status["status"] == "running"

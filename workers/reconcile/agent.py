@@ -189,11 +189,21 @@ class Agent:
         self.projector.listeners.append(self._on_applied)
         await self.reconcile()
         if self.stack is not None and self.mode == "sandbox":
-            await asyncio.to_thread(self.stack.start)
+            await asyncio.to_thread(self._start_stack)
         self._control = await event_log.nc.subscribe(
             f"{event_log.prefix}{CONTROL_SUBJECT}", cb=self._on_control
         )
         self._task = asyncio.create_task(self._follow(), name="reconcile-agent")
+
+    def _start_stack(self) -> None:
+        """A predecessor killed outright (SIGKILL) leaves its daemons running: they are found
+        by their pid files (checked to be ours) and stopped before ours start."""
+        assert self.stack is not None
+        leftovers = [name for name, s in self.stack.status().items() if s.running]
+        if leftovers:
+            log.warning("stopping daemons a previous run left behind: %s", ", ".join(leftovers))
+            self.stack.stop()
+        self.stack.start()
 
     async def _ensure_certificate(self, event_log: EventLog) -> None:
         """TLS out of the box: a self-signed certificate for the mail host name unless one
